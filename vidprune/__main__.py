@@ -1,0 +1,3 @@
+from vidprune.cli import main
+
+main()

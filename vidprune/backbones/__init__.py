@@ -1,0 +1,1 @@
+"""Backbone families, one file each; each file registers its named configurations."""

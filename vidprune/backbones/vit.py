@@ -1,0 +1,182 @@
+"""Joint space-time ViT as VideoMAE builds it.
+
+Tubelet embedding (Conv3d 2x16x16), a fixed sinusoidal position table, pre-norm blocks (qkv with bias,
+MLP ratio 4, GELU), no CLS token, mean pooling + fc_norm + linear head. Module names follow VideoMAE's
+(`patch_embed.proj`, `blocks.N.attn.qkv`, `fc_norm`, `head`) so its checkpoints map onto them.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidprune.backbones.base import BackboneInfo
+from vidprune.errors import VidpruneError
+from vidprune.registry import register_backbone
+from vidprune.tokens import TokenState
+
+
+def sinusoid_table(n_position: int, dim: int) -> torch.Tensor:
+    """VideoMAE's fixed table: sin on even channels, cos on odd, wavelengths 10000^(2i/d)."""
+    position = torch.arange(n_position, dtype=torch.float64).unsqueeze(1)
+    channel = torch.arange(dim, dtype=torch.float64)
+    angle = position / torch.pow(10000.0, 2 * torch.div(channel, 2, rounding_mode="floor") / dim)
+    table = torch.zeros(n_position, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angle[:, 0::2])
+    table[:, 1::2] = torch.cos(angle[:, 1::2])
+    return table.float().unsqueeze(0)
+
+
+class PatchEmbed3D(nn.Module):
+    def __init__(self, dim: int, tubelet: int, patch: int, in_chans: int = 3):
+        super().__init__()
+        self.proj = nn.Conv3d(in_chans, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch))
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.proj(video).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, fused (`sdpa`) or explicit (`math`).
+
+    A block whose method needs the attention probabilities computes them explicitly, whatever the
+    backbone's setting, because the fused kernel never materialises them.
+    """
+
+    def __init__(self, dim: int, heads: int, attention: str = "sdpa"):
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.attention = attention
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, return_probs: bool = False):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        probs = None
+        if self.attention == "sdpa" and not return_probs:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            probs = (q * self.scale) @ k.transpose(-2, -1)
+            probs = probs.softmax(dim=-1)
+            out = probs @ v
+        out = self.proj(out.transpose(1, 2).reshape(b, n, d))
+        return out, probs
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, attention: str):
+        super().__init__()
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        self.norm1 = norm(dim)
+        self.attn = Attention(dim, heads, attention)
+        self.norm2 = norm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+
+def run_blocks(blocks: nn.ModuleList, state: TokenState, method, trace: list[int]) -> TokenState:
+    """The block loop with the method's insertion points; `trace` gets the tokens entering each block."""
+    for i, blk in enumerate(blocks):
+        state = method.before_block(i, state)
+        trace.append(int(state.num_tokens))
+        attn_out, probs = blk.attn(blk.norm1(state.x), return_probs=method.needs_attention(i))
+        state.x = state.x + attn_out
+        state = method.after_attention(i, state, probs)
+        state.x = state.x + blk.mlp(blk.norm2(state.x))
+        state = method.after_block(i, state)
+    return state
+
+
+class VideoViT(nn.Module):
+    family = "vit"
+
+    def __init__(self, dim: int, depth: int, heads: int, frames: int = 16, size: int = 224,
+                 classes: int = 400, tubelet: int = 2, patch: int = 16, mlp_ratio: float = 4.0,
+                 attention: str = "sdpa", in_chans: int = 3):
+        super().__init__()
+        check_input_geometry(frames, size, tubelet, patch)
+        grid = (frames // tubelet, size // patch, size // patch)
+        self.info = BackboneInfo(self.family, depth, dim, heads, frames, size, grid, 0, tubelet, patch)
+        self.patch_embed = PatchEmbed3D(dim, tubelet, patch, in_chans)
+        self.register_buffer("pos_embed", sinusoid_table(grid[0] * grid[1] * grid[2], dim), persistent=False)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, attention) for _ in range(depth))
+        self.fc_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, classes)
+        self.method = None
+        self.last_trace: list[int] = []
+
+    def set_method(self, method: nn.Module) -> None:
+        self.method = method
+
+    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
+        return (batch, 3, self.info.frames, self.info.size, self.info.size)
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, D) before the head."""
+        check_input(video, self.input_shape())
+        x = self.patch_embed(video) + self.pos_embed.to(video.dtype)
+        b, n, _ = x.shape
+        pos = torch.arange(n, device=x.device).unsqueeze(0).expand(b, -1)
+        state = TokenState(x=x, pos=pos, grid=self.info.grid)
+        state = self.method.begin_forward(state)
+        trace: list[int] = []
+        state = run_blocks(self.blocks, state, self.method, trace)
+        self.last_trace = trace
+        return self.fc_norm(state.x.mean(dim=1))
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(video))
+
+
+def check_input_geometry(frames: int, size: int, tubelet: int, patch: int) -> None:
+    if frames < tubelet or frames % tubelet:
+        raise VidpruneError(
+            f"--frames {frames} is not divisible by the tubelet size {tubelet}. "
+            f"Use a multiple of {tubelet}, e.g. --frames {max(tubelet, frames - frames % tubelet)}."
+        )
+    if size < patch or size % patch:
+        raise VidpruneError(
+            f"--size {size} is not divisible by the patch size {patch}. "
+            f"Use a multiple of {patch}, e.g. --size {max(patch, size - size % patch)}."
+        )
+
+
+def check_input(video: torch.Tensor, expected: tuple[int, ...]) -> None:
+    if video.dim() != 5 or tuple(video.shape[1:]) != tuple(expected[1:]):
+        raise VidpruneError(
+            f"input of shape {tuple(video.shape)} does not match the model, which expects "
+            f"(batch, {', '.join(str(s) for s in expected[1:])}) = (B, C, T, H, W)."
+        )
+
+
+def _builder(dim: int, depth: int, heads: int):
+    def build(frames: int = 16, size: int = 224, classes: int = 400, attention: str = "sdpa",
+              **kwargs) -> VideoViT:
+        return VideoViT(dim, depth, heads, frames=frames, size=size, classes=classes, attention=attention, **kwargs)
+
+    return build
+
+
+register_backbone("vit-s", "vit", _builder(384, 12, 6), "VideoMAE ViT-S: 384 dim, 12 blocks, 6 heads, tubelet 2x16x16",
+                  frames=16, size=224)
+register_backbone("vit-b", "vit", _builder(768, 12, 12), "VideoMAE ViT-B: 768 dim, 12 blocks, 12 heads, tubelet 2x16x16",
+                  frames=16, size=224)
+register_backbone("vit-l", "vit", _builder(1024, 24, 16), "VideoMAE ViT-L: 1024 dim, 24 blocks, 16 heads, tubelet 2x16x16",
+                  frames=16, size=224)
+# A small configuration for tests and quick demos on a laptop: same code, fewer channels and blocks.
+register_backbone("vit-tiny", "vit", _builder(192, 4, 3), "tiny joint ViT (192 dim, 4 blocks, 3 heads) for tests and demos",
+                  frames=8, size=64)

@@ -1,0 +1,330 @@
+"""The `vidprune` command line: parse, validate, call the library, render with Rich.
+
+Every user mistake is a `VidpruneError`, printed as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import vidprune
+from vidprune.errors import VidpruneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Measure the efficiency/accuracy trade-off of video-transformer token pruning and merging.\n\n"
+                       "GFLOPs are always 1 multiply-accumulate = 1 FLOP, per clip, per view.")
+# Off a terminal (pipes, CI logs, tests) Rich would wrap tables at 80 columns and squeeze them unreadable.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def user_errors(fn):
+    """Turn a VidpruneError into one line on stderr and exit code 2, and anything unexpected into one line
+    and exit code 1 (VIDPRUNE_DEBUG=1 shows the traceback), the same under the console script and CliRunner."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VidpruneError as exc:
+            err_console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get("VIDPRUNE_DEBUG"):
+                raise
+            err_console.print(f"internal error: {type(exc).__name__}: {exc} (set VIDPRUNE_DEBUG=1 for the "
+                              "traceback and please report it)", style="red", markup=False, highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        import torch
+
+        console.print(f"vidprune {vidprune.__version__} (torch {torch.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+def _csv_list(text: Optional[str]) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+@app.command()
+@user_errors
+def sweep(
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="method to sweep (see `vidprune list`)"),
+    keep: Optional[str] = typer.Option(None, "--keep", "-k",
+                                       help="knob values: 0.6,0.7,0.8 or a range 0.5:0.9:0.1 (default: the method's default)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="method option, name=value or a grid name=a,b (repeatable)"),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe under recipes/; flags given here override it"),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="backbone (default vit-b)"),
+    frames: Optional[int] = typer.Option(None, "--frames", help="frames per clip (default: the backbone's, 16)"),
+    size: Optional[int] = typer.Option(None, "--size", help="input height = width in pixels (default 224)"),
+    classes: Optional[int] = typer.Option(None, "--classes", help="classifier classes (default 400)"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="clips per forward for latency/throughput (default 1)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N | mps | auto (default auto)"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | fp16 | bf16 (default fp32)"),
+    attention: Optional[str] = typer.Option(None, "--attention", help="sdpa (fused) | math (explicit) (default sdpa)"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="subset of flops,params,latency,memory,throughput"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="timed runs per point (default 5 on CPU, 30 on GPU)"),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="untimed warm-up runs (default 2 on CPU, 10 on GPU)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed for inputs and random choices (default 0)"),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="folder for the result table"),
+    fmt: str = typer.Option("csv", "--format", help="csv | parquet"),
+) -> None:
+    """Measure the unpruned reference and one row per knob value; write a tidy table."""
+    from vidprune import registry
+    from vidprune.recipes import load_recipe
+    from vidprune.report.tables import render_rich, summary_table
+    from vidprune.results import result_filename, to_frame, write_table
+    from vidprune.sweep import SweepSpec, expand_points, parse_keeps, parse_set, run_sweep
+
+    if fmt not in ("csv", "parquet"):
+        raise VidpruneError(f"--format must be csv or parquet, got '{fmt}'.")
+    base: dict = {}
+    references: list = []
+    if recipe is not None:
+        data = load_recipe(recipe)
+        base = dict(data["sweep"])
+        references = data["references"]
+        if "keep" in base:
+            base["keeps"] = parse_keeps(",".join(str(k) for k in base.pop("keep")) if isinstance(base["keep"], list)
+                                        else str(base.pop("keep")))
+        base["options"] = {k: (v if isinstance(v, list) else [v]) for k, v in (base.get("options") or {}).items()}
+        if "metrics" in base and isinstance(base["metrics"], str):
+            base["metrics"] = _csv_list(base["metrics"])
+    if method is None and "method" not in base:
+        raise VidpruneError("no method given. Use --method evad (see `vidprune list`) or --recipe recipes/<file>.yaml.")
+    overrides = dict(method=method, backbone=backbone, frames=frames, size=size, classes=classes, batch=batch,
+                     device=device, dtype=dtype, attention=attention, repeats=repeats, warmup=warmup, seed=seed)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    if keep is not None:
+        base["keeps"] = parse_keeps(keep)
+    if metrics is not None:
+        base["metrics"] = _csv_list(metrics)
+    if "metrics" in base:
+        base["metrics"] = tuple(base["metrics"])
+    method_cls = registry.get_method(base["method"])
+    if set_:
+        base.setdefault("options", {}).update(parse_set(set_, method_cls))
+    spec = SweepSpec(**base, references=references, recipe=str(recipe) if recipe else None)
+    registry.get_backbone(spec.backbone)
+    points = expand_points(spec)
+
+    from vidprune.measure.device import resolve_device
+
+    device_tag = str(resolve_device(spec.device))
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    import torch
+
+    probe = registry.create_model(spec.backbone, "none", frames=spec.frames, size=spec.size, classes=spec.classes)
+    name = result_filename(spec.method, spec.backbone, probe.info.frames, probe.info.size, device_tag, spec.dtype,
+                           torch.__version__, stamp, fmt)
+    path = out / name
+    rows: list[dict] = []
+    failed = 0
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeElapsedColumn(), console=err_console, transient=False)
+
+    def on_row(point, row):
+        nonlocal failed
+        progress.update(task, advance=1, description=f"{point.label}: {row['status']}")
+        if row["status"] != "ok":
+            failed += 1
+            err_console.print(f"[yellow]point {escape(point.label)} {row['status']}: {escape(str(row['error']))}[/yellow]")
+
+    # run_sweep checks every point (metrics, repeats, dtype, layers, ...) when called: do that before the
+    # progress bar starts, so a bad flag prints just its one error line.
+    measured = run_sweep(spec, on_row=on_row)
+    with progress:
+        task = progress.add_task(f"{spec.method} on {spec.backbone}", total=len(points))
+        for row in measured:
+            rows.append(row)
+            write_table(rows, path)
+    df = to_frame(rows)
+    console.print(render_rich(summary_table(df), title=f"{spec.method} on {spec.backbone} ({device_tag}, {spec.dtype}, batch {spec.batch})"))
+    console.print("GFLOPs: 1 multiply-accumulate = 1 FLOP, per clip, per view (primary counter: torch.utils.flop_counter).")
+    # sweep.py joins a row's notes with " | " (a single note may itself contain "; ")
+    all_notes = [n for cell in df["notes"].dropna() for n in str(cell).split(" | ") if n]
+    for note in dict.fromkeys(n for n in all_notes if not n.startswith("thop reads")):
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")
+    if any(n.startswith("thop reads") for n in all_notes):
+        console.print("note: thop reads lower than the primary counter: it hooks modules only and misses the attention matmuls.")
+    console.print(f"wrote {path}")
+    if failed:
+        err_console.print(f"[red]{failed} point(s) did not measure cleanly; see the status and error columns.[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def profile(
+    backbone: str = typer.Option("vit-b", "--backbone", "-b", help="backbone"),
+    method: str = typer.Option("none", "--method", "-m", help="method in place (default none)"),
+    keep: Optional[float] = typer.Option(None, "--keep", "-k", help="knob value (default: the method's default)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="method option name=value (repeatable)"),
+    frames: Optional[int] = typer.Option(None, "--frames"),
+    size: Optional[int] = typer.Option(None, "--size"),
+    batch: int = typer.Option(1, "--batch"),
+    device: str = typer.Option("auto", "--device", help="cpu | cuda | cuda:N | mps | auto"),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 | bf16"),
+    attention: str = typer.Option("sdpa", "--attention", help="sdpa | math"),
+    repeats: Optional[int] = typer.Option(None, "--repeats"),
+    warmup: Optional[int] = typer.Option(None, "--warmup"),
+    as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON instead of tables"),
+) -> None:
+    """Show the device and environment, then GFLOPs, params, latency, memory and throughput of one model."""
+    from vidprune import registry
+    from vidprune.sweep import Point, Runner, SweepSpec, parse_set
+
+    method_cls = registry.get_method(method)
+    options = {k: v[0] for k, v in parse_set(set_ or [], method_cls).items()}
+    spec = SweepSpec(method=method, keeps=[keep] if keep is not None else [], backbone=backbone, frames=frames,
+                     size=size, batch=batch, device=device, dtype=dtype, attention=attention, repeats=repeats,
+                     warmup=warmup)
+    if method_cls.knob is not None:
+        keep = method_cls.knob.validate(method_cls.knob.default if keep is None else keep)
+    registry.parse_options(method_cls, options)
+    runner = Runner(spec)
+    point = Point(method, keep if method != "none" else None, options)
+    # A configuration that cannot be built (unknown backbone, --frames 7, bad layers) is a user error (exit 2),
+    # not a failed measurement, which `measure` would record instead of raising.
+    runner.build(point)
+    with console.status(f"measuring {backbone} with {method} on {runner.device}...") if not as_json else _null():
+        row = runner.measure(point)
+    if as_json:
+        print(json.dumps({"environment": runner.environment, "result": row}, default=str, indent=2))
+    else:
+        env = Table(title="environment", show_header=False)
+        for key, value in runner.environment.items():
+            env.add_row(key, str(value))
+        console.print(env)
+        res = Table(title=f"{backbone} + {method}" + (f" (keep {keep:g})" if keep is not None and method != "none" else ""))
+        res.add_column("measure")
+        res.add_column("value", justify="right")
+        for key, label, fmtstr in [("gflops", "GFLOPs (1 MAC = 1 FLOP, per clip)", "{:.2f}"),
+                                   ("gflops_fvcore", "GFLOPs, fvcore", "{:.2f}"), ("gflops_thop", "GFLOPs, thop", "{:.2f}"),
+                                   ("params_m", "parameters (M)", "{:.2f}"), ("latency_ms", "latency median (ms)", "{:.2f}"),
+                                   ("latency_iqr_ms", "latency IQR (ms)", "{:.2f}"),
+                                   ("peak_mem_mib", "peak memory added (MiB)", "{:.1f}"),
+                                   ("throughput", "throughput (clips/s)", "{:.2f}"),
+                                   ("throughput_batch", "batch", "{}"), ("tokens_per_block", "tokens per block", "{}")]:
+            if row.get(key) is not None:
+                res.add_row(label, fmtstr.format(row[key]))
+        res.add_row("status", escape(row["status"] + (f": {row['error']}" if row["error"] else "")))
+        console.print(res)
+    if row["status"] != "ok":
+        raise typer.Exit(1)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@app.command()
+@user_errors
+def plot(
+    files: List[str] = typer.Argument(..., help="result tables (CSV or Parquet); globs allowed"),
+    x: str = typer.Option("gflops", "--x", help="cost column for the x axis"),
+    y: Optional[str] = typer.Option(None, "--y", help="quality column (default accuracy if present, else throughput)"),
+    out: Path = typer.Option(Path("results/plots"), "--out", "-o", help="folder for PNG and SVG"),
+    name: Optional[str] = typer.Option(None, "--name", help="file name without extension"),
+) -> None:
+    """Pareto plots of any cost column against any quality column, one line per method."""
+    from vidprune.report.plot import plot_tradeoff
+    from vidprune.results import read_tables
+
+    df = read_tables(files)
+    for path in plot_tradeoff(df, x=x, y=y, out_dir=out, name=name):
+        console.print(f"wrote {path}")
+
+
+@app.command()
+@user_errors
+def table(
+    files: List[str] = typer.Argument(..., help="result tables (CSV or Parquet); globs allowed"),
+    fmt: str = typer.Option("rich", "--format", help="rich | markdown | latex | csv"),
+) -> None:
+    """Render result tables the way the papers print them."""
+    from vidprune.report.tables import render_rich, summary_table, to_latex, to_markdown
+    from vidprune.results import read_tables
+
+    summary = summary_table(read_tables(files))
+    if fmt == "rich":
+        console.print(render_rich(summary))
+    elif fmt == "markdown":
+        print(to_markdown(summary))
+    elif fmt == "latex":
+        print(to_latex(summary))
+    elif fmt == "csv":
+        print(summary.to_csv(index=False), end="")
+    else:
+        raise VidpruneError(f"--format must be rich, markdown, latex or csv, got '{fmt}'.")
+
+
+@app.command("list")
+@user_errors
+def list_(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """Backbones, methods, their knobs, options and defaults."""
+    from vidprune import registry
+
+    backbones = registry.backbones()
+    methods = registry.methods()
+    if as_json:
+        print(json.dumps({
+            "backbones": {n: {"family": s.family, "description": s.description, **s.defaults} for n, s in backbones.items()},
+            "methods": {n: {"description": c.description, "families": list(c.families),
+                            "knob": None if c.knob is None else {"name": c.knob.name, "default": c.knob.default,
+                                                                 "range": c.knob.describe_range(), "help": c.knob.help},
+                            "options": {o.name: {"default": o.default, "help": o.help} for o in c.options}}
+                        for n, c in methods.items()},
+        }, indent=2, default=str))
+        return
+    bt = Table(title="backbones")
+    for col in ("name", "family", "frames x size", "description"):
+        bt.add_column(col)
+    for n, s in backbones.items():
+        bt.add_row(n, s.family, f"{s.defaults.get('frames')}x{s.defaults.get('size')}", s.description)
+    console.print(bt)
+    mt = Table(title="methods")
+    for col in ("name", "knob (--keep)", "default", "range", "options (--set)", "backbones", "description"):
+        mt.add_column(col)
+    for n, c in methods.items():
+        knob = c.knob
+        supported = ", ".join(b for b, s in backbones.items() if s.family in c.families)
+        mt.add_row(n, knob.name if knob else "-", f"{knob.default:g}" if knob else "-",
+                   knob.describe_range() if knob else "-",
+                   "\n".join(f"{o.name}={o.default}" for o in c.options) or "-", supported, c.description)
+    console.print(mt)
+
+
+def main() -> None:
+    app()

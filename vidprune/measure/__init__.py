@@ -1,0 +1,1 @@
+"""Measurement of the cost of running a model: device, latency, memory and throughput."""

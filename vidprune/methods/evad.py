@@ -1,0 +1,67 @@
+"""EVAD: keyframe-centric token pruning (Chen et al., ICCV 2023), Sec. 3.2 and Appendix B.
+
+In each pruning layer attention runs on all N current tokens; the importance of token j is the
+head-averaged attention it receives, with queries from the keyframe weighted by w_kf (Eq. 1):
+    I_j = (1/N) * sum_i w_i * attn(i, j),   w_i = w_kf for keyframe queries, 1 otherwise.
+All N1 keyframe tokens (the middle temporal slice) are kept, plus the top floor(N * rho) - N1 others;
+the block's MLP then runs on the kept tokens only. Choices the paper leaves open are in
+docs/methods/evad.md.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from vidprune.methods.base import TokenMethod, resolve_layers
+from vidprune.registry import Knob, Option, register_method
+from vidprune.tokens import TokenState, keep_count, keep_top
+
+
+def _positive(value) -> float:
+    v = float(value)
+    if not v > 0:
+        raise ValueError("must be > 0")
+    return v
+
+
+@register_method
+class EVAD(TokenMethod):
+    name = "evad"
+    description = "keyframe-centric token pruning inside layers 4, 7, 10 (ViT-B) / 7, 13, 19 (ViT-L)"
+    paper = "Chen et al., Efficient Video Action Detection with Token Dropout and Context Refinement, ICCV 2023"
+    knob = Knob("rho", 0.7, 0.0, 1.0, "fraction of the current tokens kept at each pruning layer")
+    options = (
+        Option("w_kf", 4.0, "weight of keyframe queries in the importance score (Table 1g best: 4)", _positive),
+        Option("layers", "auto", "1-based pruning layers; auto = 4,7,10 for 12 blocks, 7,13,19 for 24", str, grid=False),
+    )
+    families = ("vit",)
+
+    def __init__(self, info, keep, seed: int = 0, **options):
+        super().__init__(info, keep, seed=seed, **options)
+        self.layers = resolve_layers(info, options.get("layers"))
+        self.w_kf = float(options.get("w_kf", 4.0))
+        self.keyframe_slice = info.grid[0] // 2
+
+    def describe(self) -> dict:
+        return {"w_kf": self.w_kf, "layers": ",".join(map(str, self.layers))}
+
+    def needs_attention(self, layer: int) -> bool:
+        return layer + 1 in self.layers and self.keep < 1.0
+
+    def importance(self, state: TokenState, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 1 on head-averaged attention; returns (importance (B, N), keyframe mask (B, N))."""
+        keyframe = state.temporal_index() == self.keyframe_slice
+        weights = torch.where(keyframe, self.w_kf, 1.0).to(attn.dtype)
+        # A batched matmul rather than einsum: every FLOP counter knows bmm.
+        received = torch.bmm(weights.unsqueeze(1), attn.mean(dim=1)).squeeze(1)
+        return received / state.num_tokens, keyframe
+
+    def after_attention(self, layer: int, state: TokenState, attn: Optional[torch.Tensor]) -> TokenState:
+        if attn is None or not self.needs_attention(layer):
+            return state
+        scores, keyframe = self.importance(state, attn)
+        n1 = self.info.tokens_per_slice
+        k = keep_count(state.num_tokens, self.keep, minimum=n1)
+        return keep_top(state, scores.masked_fill(keyframe, float("inf")), k)

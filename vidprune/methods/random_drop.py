@@ -1,0 +1,64 @@
+"""Random token dropping: the control that tells whether a method's scoring is worth anything.
+
+It removes tokens at the same layers and keep rate as EVAD (so the token counts, and hence the FLOPs,
+match EVAD's exactly), but picks the survivors uniformly at random. The generator is re-seeded at every
+forward pass, so the model is a deterministic function of its input under `--seed`, while the samples of
+a batch still draw different subsets.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from vidprune.methods.base import TokenMethod, parse_layers, resolve_layers
+from vidprune.registry import Knob, Option, register_method
+from vidprune.tokens import TokenState, keep_count, keep_top
+
+
+def _parse_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+@register_method
+class RandomDrop(TokenMethod):
+    name = "random"
+    description = "drop tokens uniformly at random at EVAD's layers and keep rate (control)"
+    knob = Knob("rho", 0.7, 0.0, 1.0, "fraction of the current tokens kept at each pruning layer")
+    options = (
+        Option("layers", "auto", "1-based pruning layers; auto = EVAD's layers for this depth", str, grid=False),
+        Option("keyframe", False, "also protect the keyframe tokens, as EVAD does", _parse_bool),
+    )
+    families = ("vit",)
+
+    def __init__(self, info, keep, seed: int = 0, **options):
+        super().__init__(info, keep, seed=seed, **options)
+        self.layers = resolve_layers(info, options.get("layers"))
+        self.protect_keyframe = bool(options.get("keyframe", False))
+        self._generator = torch.Generator()
+
+    def describe(self) -> dict:
+        return {"layers": ",".join(map(str, self.layers)), "keyframe": self.protect_keyframe}
+
+    def begin_forward(self, state: TokenState) -> TokenState:
+        self._generator.manual_seed(self.seed)
+        return state
+
+    def after_attention(self, layer: int, state: TokenState, attn: Optional[torch.Tensor]) -> TokenState:
+        if layer + 1 not in self.layers:
+            return state
+        scores = torch.rand(state.x.shape[:2], generator=self._generator).to(state.x.device)
+        minimum = 0
+        if self.protect_keyframe:
+            keyframe = state.temporal_index() == self.info.grid[0] // 2
+            scores = scores.masked_fill(keyframe, float("inf"))
+            minimum = self.info.tokens_per_slice
+        return keep_top(state, scores, keep_count(state.num_tokens, self.keep, minimum))

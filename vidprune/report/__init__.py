@@ -1,0 +1,1 @@
+"""Reports over result tables: Pareto fronts, trade-off plots and summary tables."""

@@ -1,0 +1,115 @@
+"""The result table: its columns, how files are named, written and read back."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from vidprune.errors import VidpruneError
+
+# One row per measured point. Order is the order of the CSV columns.
+COLUMNS: list[str] = [
+    "method", "backbone", "knob", "keep", "options", "frames", "size", "batch", "throughput_batch",
+    "device", "device_name", "dtype", "attention",
+    "gflops", "gflops_fvcore", "gflops_thop", "gflops_counter", "flops_convention", "counters_agree",
+    "params_m", "tokens_per_block", "tokens_final",
+    "latency_ms", "latency_iqr_ms", "latency_mean_ms", "repeats", "warmup", "noisy",
+    "peak_mem_mib", "peak_mem_method", "throughput",
+    "source", "reference_note",
+    "status", "error", "notes",
+    "seed", "vidprune_version", "torch_version", "git_sha", "timestamp",
+]
+
+# The columns `vidprune plot` may put on an axis, with the direction that is better.
+COST_COLUMNS = {"gflops": "min", "gflops_fvcore": "min", "gflops_thop": "min", "params_m": "min",
+                "latency_ms": "min", "peak_mem_mib": "min", "tokens_final": "min"}
+QUALITY_COLUMNS = {"accuracy": "max", "top1": "max", "top5": "max", "agreement": "max",
+                   "throughput": "max", "map": "max"}
+
+FLOPS_CONVENTION = "1 MAC = 1 FLOP, per clip, per view"
+
+
+def result_filename(method: str, backbone: str, frames: int, size: int, device: str, dtype: str,
+                    torch_version: str, timestamp: str, fmt: str = "csv") -> str:
+    """timm-style name recording what the numbers depend on, plus a timestamp so reruns never overwrite."""
+    torch_tag = "pt" + re.sub(r"[^0-9a-zA-Z]+", "", torch_version.split("+")[0])
+    device_tag = re.sub(r"[^0-9a-zA-Z]+", "", device)
+    stamp = re.sub(r"[^0-9]", "", timestamp)[:14]
+    return f"{method}_{backbone}_{frames}x{size}_{device_tag}_{dtype}_{torch_tag}_{stamp}.{fmt}"
+
+
+def to_frame(rows: Sequence[dict]) -> pd.DataFrame:
+    """Rows as a DataFrame with every schema column present (missing ones empty), extra columns kept."""
+    df = pd.DataFrame(list(rows))
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = pd.NA
+    extra = [c for c in df.columns if c not in COLUMNS]
+    return df[COLUMNS + extra]
+
+
+def write_table(rows: Sequence[dict], path: Path) -> Path:
+    """Write atomically (temp file + rename) so a killed sweep never leaves a half-written table."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df = to_frame(rows)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if path.suffix == ".parquet":
+            try:
+                df.to_parquet(tmp, index=False)
+            except ImportError as exc:
+                raise VidpruneError(
+                    "writing Parquet needs pyarrow: pip install 'vidprune[parquet]' (or use --format csv)."
+                ) from exc
+        else:
+            df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def expand_paths(patterns: Iterable[str]) -> list[Path]:
+    """Expand globs (the shell may not have); an empty match is an error that says what was looked for."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if any(ch in pattern for ch in "*?[") else [pattern]
+        if not matches:
+            raise VidpruneError(f"no result files match '{pattern}'. Run `vidprune sweep` first or check the path.")
+        paths.extend(Path(m) for m in matches)
+    return paths
+
+
+def read_tables(patterns: Iterable[str]) -> pd.DataFrame:
+    """Read one or more CSV/Parquet result tables into one DataFrame, with a clear error for a bad file."""
+    frames = []
+    for path in expand_paths(patterns):
+        if not path.is_file():
+            raise VidpruneError(f"result file '{path}' does not exist. Check the path or run `vidprune sweep`.")
+        try:
+            if path.suffix == ".parquet":
+                df = pd.read_parquet(path)
+            else:
+                df = pd.read_csv(path)
+        except Exception as exc:  # pandas raises many types for unreadable input
+            raise VidpruneError(
+                f"cannot read result file '{path}' ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                "Pass a CSV or Parquet table written by `vidprune sweep`."
+            ) from exc
+        missing = [c for c in ("method", "status") if c not in df.columns]
+        if missing:
+            raise VidpruneError(
+                f"'{path}' is not a vidprune result table (missing columns: {', '.join(missing)})."
+            )
+        df["result_file"] = str(path)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)

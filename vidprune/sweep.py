@@ -1,0 +1,282 @@
+"""Sweeps: expand a spec into points, measure each point in isolation, and persist rows as they finish.
+
+The unpruned backbone is always the first point, so every table carries its own reference row. A point
+that fails becomes a row with `status` and `error` filled in; the sweep goes on and the table on disk
+is rewritten atomically after every point, so nothing finished is ever lost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+
+import vidprune
+from vidprune import registry
+from vidprune.errors import VidpruneError
+from vidprune.measure import device as devices
+from vidprune.measure.flops import count_flops, example_input
+from vidprune.measure.memory import measure_peak_memory
+from vidprune.measure.throughput import is_out_of_memory, run_with_batch_backoff
+from vidprune.measure.timing import measure_latency
+from vidprune.results import FLOPS_CONVENTION
+
+ALL_METRICS = ("flops", "params", "latency", "memory", "throughput")
+DEFAULT_REPEATS = {"cpu": 5, "cuda": 30}
+DEFAULT_WARMUP = {"cpu": 2, "cuda": 10}
+
+
+@dataclass
+class SweepSpec:
+    method: str
+    keeps: list[float] = field(default_factory=list)
+    backbone: str = "vit-b"
+    frames: Optional[int] = None
+    size: Optional[int] = None
+    classes: int = 400
+    batch: int = 1
+    device: str = "auto"
+    dtype: str = "fp32"
+    attention: str = "sdpa"
+    metrics: tuple[str, ...] = ALL_METRICS
+    repeats: Optional[int] = None
+    warmup: Optional[int] = None
+    seed: int = 0
+    options: dict = field(default_factory=dict)  # option name -> list of raw values (a grid)
+    references: list[dict] = field(default_factory=list)  # labelled paper points from a recipe
+    recipe: Optional[str] = None
+
+
+@dataclass
+class Point:
+    method: str
+    keep: Optional[float]
+    options: dict
+
+    @property
+    def label(self) -> str:
+        extra = "".join(f" {k}={v}" for k, v in self.options.items())
+        return f"{self.method}" + ("" if self.keep is None else f" keep={self.keep:g}") + extra
+
+
+def parse_keeps(text: str) -> list[float]:
+    """'0.6,0.7,0.8' or a range 'start:stop:step' (stop included)."""
+    values: list[float] = []
+    for part in [p.strip() for p in str(text).split(",") if p.strip()]:
+        if ":" in part:
+            pieces = part.split(":")
+            if len(pieces) != 3:
+                raise VidpruneError(f"--keep range '{part}' must be start:stop:step, e.g. 0.5:0.9:0.1.")
+            try:
+                start, stop, step = (float(p) for p in pieces)
+            except ValueError:
+                raise VidpruneError(f"--keep range '{part}' must contain numbers, e.g. 0.5:0.9:0.1.") from None
+            if step <= 0 or stop < start:
+                raise VidpruneError(f"--keep range '{part}' needs step > 0 and stop >= start, e.g. 0.5:0.9:0.1.")
+            count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            values.extend(round(start + i * step, 10) for i in range(count))
+        else:
+            try:
+                values.append(float(part))
+            except ValueError:
+                raise VidpruneError(f"--keep value '{part}' is not a number. Use e.g. --keep 0.6,0.7,0.8.") from None
+    if not values:
+        raise VidpruneError("--keep is empty. Use e.g. --keep 0.6,0.7,0.8 or --keep 0.5:0.9:0.1.")
+    return list(dict.fromkeys(values))
+
+
+def parse_set(items: list[str], method_cls: type) -> dict:
+    """`--set name=a,b` items into {name: [values]}; non-grid options keep commas in one value."""
+    grid_of = {o.name: o.grid for o in method_cls.options}
+    result: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise VidpruneError(f"--set '{item}' must look like name=value, e.g. --set w_kf=2,4.")
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in grid_of:
+            known = ", ".join(grid_of) or "none"
+            raise VidpruneError(f"method '{method_cls.name}' has no option '{name}' (its options: {known}).")
+        result[name] = [v.strip() for v in value.split(",")] if grid_of[name] else [value.strip()]
+    return result
+
+
+def expand_points(spec: SweepSpec) -> list[Point]:
+    """The reference point first, then one point per (keep, option combination); all validated up front."""
+    method_cls = registry.get_method(spec.method)
+    points = [Point("none", None, {})]
+    if spec.method == "none":
+        return points
+    names = list(spec.options)
+    combos = list(itertools.product(*(spec.options[n] for n in names))) or [()]
+    keeps = spec.keeps or ([method_cls.knob.default] if method_cls.knob else [None])
+    for keep in keeps:
+        if method_cls.knob is not None:
+            keep = method_cls.knob.validate(keep)
+        for combo in combos:
+            options = dict(zip(names, combo))
+            registry.parse_options(method_cls, options)
+            points.append(Point(spec.method, keep, options))
+    return points
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(vidprune.__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Runner:
+    """Measures points of one spec on one device; holds what every row shares."""
+
+    def __init__(self, spec: SweepSpec):
+        self.spec = spec
+        self.device = devices.resolve_device(spec.device)
+        self.dtype = devices.resolve_dtype(spec.dtype)
+        kind = self.device.type if self.device.type in DEFAULT_REPEATS else "cuda"
+        self.repeats = spec.repeats if spec.repeats is not None else DEFAULT_REPEATS[kind]
+        self.warmup = spec.warmup if spec.warmup is not None else DEFAULT_WARMUP[kind]
+        if self.repeats < 1 or self.warmup < 0:
+            raise VidpruneError("--repeats must be >= 1 and --warmup >= 0.")
+        if spec.batch < 1:
+            raise VidpruneError(f"--batch must be >= 1, got {spec.batch}.")
+        unknown = set(spec.metrics) - set(ALL_METRICS)
+        if unknown:
+            raise VidpruneError(
+                f"unknown metric(s) {', '.join(sorted(unknown))}. Choose from {', '.join(ALL_METRICS)}."
+            )
+        self.environment = devices.environment(self.device)
+        self.shared = {
+            "backbone": spec.backbone, "batch": spec.batch, "device": str(self.device),
+            "device_name": self.environment.get("device_name"), "dtype": devices.dtype_name(self.dtype),
+            "attention": spec.attention, "flops_convention": FLOPS_CONVENTION, "seed": spec.seed,
+            "vidprune_version": vidprune.__version__, "torch_version": torch.__version__,
+            "git_sha": git_sha(), "source": "measured",
+        }
+
+    def build(self, point: Point) -> torch.nn.Module:
+        return registry.create_model(self.spec.backbone, point.method, point.keep, frames=self.spec.frames,
+                                     size=self.spec.size, classes=self.spec.classes,
+                                     attention=self.spec.attention, options=point.options, seed=self.spec.seed)
+
+    def measure(self, point: Point) -> dict:
+        """One row; never raises for a failure inside the measurement (it is recorded instead)."""
+        row = dict(self.shared, method=point.method, keep=1.0 if point.keep is None else point.keep,
+                   timestamp=now(), status="ok", error="", notes="")
+        notes: list[str] = []
+        try:
+            model = self.build(point)
+            method = model.method
+            info = model.info
+            row.update(knob=method.knob.name if method.knob else "", frames=info.frames, size=info.size,
+                       options=json.dumps(method.describe(), sort_keys=True))
+            metrics = set(self.spec.metrics)
+            if "params" in metrics:
+                row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+            if "flops" in metrics:
+                report = count_flops(model, seed=self.spec.seed)
+                row.update(gflops=report.gflops, gflops_fvcore=report.gflops_fvcore,
+                           gflops_thop=report.gflops_thop, gflops_counter=report.counter,
+                           counters_agree=report.counters_agree)
+                notes.extend(report.notes)
+            model = model.to(device=self.device, dtype=self.dtype)
+            self._check_finite(model)
+            row["tokens_per_block"] = ",".join(map(str, model.last_trace))
+            row["tokens_final"] = model.last_trace[-1] if model.last_trace else None
+            if metrics & {"latency", "throughput"}:
+                used, latency, backoff = run_with_batch_backoff(lambda b: self._time(model, b), self.spec.batch)
+                notes.extend(backoff)
+                row.update(throughput_batch=used, latency_ms=latency.median_ms, latency_iqr_ms=latency.iqr_ms,
+                           latency_mean_ms=latency.mean_ms, noisy=latency.noisy, repeats=self.repeats,
+                           warmup=self.warmup)
+                if "throughput" in metrics:
+                    row["throughput"] = latency.throughput
+                if "latency" not in metrics:
+                    for key in ("latency_ms", "latency_iqr_ms", "latency_mean_ms", "noisy"):
+                        row.pop(key)
+            if "memory" in metrics:
+                video = self._input(model, row.get("throughput_batch") or self.spec.batch)
+                memory = measure_peak_memory(lambda: model(video), self.device)
+                row.update(peak_mem_mib=memory.peak_mib, peak_mem_method=memory.method)
+        except VidpruneError as exc:
+            row.update(status="failed", error=str(exc))
+        except FloatingPointError as exc:
+            row.update(status="nonfinite", error=str(exc))
+        except Exception as exc:  # any failure of one point is recorded, never fatal to the sweep
+            row.update(status="oom" if is_out_of_memory(exc) else "failed",
+                       error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+        row["notes"] = " | ".join(notes)  # not "; ": a note may contain it (batch halving notes do)
+        return row
+
+    def _input(self, model: torch.nn.Module, batch: int) -> torch.Tensor:
+        return example_input(model, batch, device=self.device, dtype=self.dtype, seed=self.spec.seed)
+
+    def _check_finite(self, model: torch.nn.Module) -> None:
+        with torch.inference_mode():
+            out = model(self._input(model, 1))
+        if not torch.isfinite(out).all():
+            raise FloatingPointError(f"the model produced non-finite outputs in {devices.dtype_name(self.dtype)}")
+
+    def _time(self, model: torch.nn.Module, batch: int):
+        video = self._input(model, batch)
+        return measure_latency(lambda: model(video), self.device, batch, self.warmup, self.repeats)
+
+
+def reference_rows(spec: SweepSpec, shared: dict) -> list[dict]:
+    """Paper figures from a recipe, as clearly labelled reference rows (status 'reference'), never as measured."""
+    rows = []
+    for ref in spec.references:
+        ref = dict(ref)
+        factor = float(ref.pop("paper_gflops_factor", 1.0))
+        source = ref.pop("source", "paper")
+        note = ref.pop("note", "")
+        row = {k: v for k, v in shared.items() if k in ("backbone", "flops_convention", "vidprune_version")}
+        row.update(backbone=ref.pop("backbone", spec.backbone), method=ref.pop("method", spec.method), keep=float(ref.pop("keep", 1.0)), status="reference",
+                   source=f"paper: {source}", device="paper", timestamp=now())
+        if "gflops" in ref:
+            paper = float(ref.pop("gflops"))
+            row["gflops"] = paper / factor
+            note = f"paper reports {paper:g} GFLOPs (÷{factor:g} to our convention). {note}".strip()
+        row["reference_note"] = note
+        for key, value in ref.items():
+            row[f"paper_{key}" if key in ("throughput", "latency_ms", "peak_mem_mib") else key] = value
+        rows.append(row)
+    return rows
+
+
+def run_sweep(spec: SweepSpec, on_row: Optional[Callable[[Point, dict], None]] = None) -> Iterator[dict]:
+    """Check the spec and build every point now, then return an iterator over one row per point (reference
+    first) followed by the recipe's labelled reference rows.
+
+    Not a generator itself: a bad flag raises here, at the call, before the caller starts a progress display
+    or measures anything, so it fails in seconds, not after an hour.
+    """
+    points = expand_points(spec)
+    runner = Runner(spec)
+    for point in points:
+        runner.build(point)
+    return _measure_points(spec, runner, points, on_row)
+
+
+def _measure_points(spec: SweepSpec, runner: Runner, points: list[Point],
+                    on_row: Optional[Callable[[Point, dict], None]]) -> Iterator[dict]:
+    for point in points:
+        row = runner.measure(point)
+        if on_row:
+            on_row(point, row)
+        yield row
+    yield from reference_rows(spec, runner.shared)
