@@ -197,6 +197,8 @@ class Runner:
             self._check_finite(model)
             row["tokens_per_block"] = ",".join(map(str, model.last_trace))
             row["tokens_final"] = model.last_trace[-1] if model.last_trace else None
+            # Input-dependent methods (frames kept per clip, ...) report their own statistics.
+            row.update(getattr(model, "last_stats", None) or {})
             if metrics & {"latency", "throughput"}:
                 used, latency, backoff = run_with_batch_backoff(lambda b: self._time(model, b), self.spec.batch)
                 notes.extend(backoff)

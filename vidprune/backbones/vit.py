@@ -102,22 +102,33 @@ def run_blocks(blocks: nn.ModuleList, state: TokenState, method, trace: list[int
 
 
 class VideoViT(nn.Module):
+    """Joint space-time ViT. `tubelet=1, cls_token=True, pool="cls"` gives the per-frame-patch ViT with a
+    class token that STTM uses; the defaults are VideoMAE's."""
+
     family = "vit"
 
     def __init__(self, dim: int, depth: int, heads: int, frames: int = 16, size: int = 224,
                  classes: int = 400, tubelet: int = 2, patch: int = 16, mlp_ratio: float = 4.0,
-                 attention: str = "sdpa", in_chans: int = 3):
+                 attention: str = "sdpa", in_chans: int = 3, cls_token: bool = False, pool: str = "mean"):
         super().__init__()
         check_input_geometry(frames, size, tubelet, patch)
+        if pool not in ("mean", "cls") or (pool == "cls" and not cls_token):
+            raise ValueError("pool must be 'mean', or 'cls' with cls_token=True")
         grid = (frames // tubelet, size // patch, size // patch)
-        self.info = BackboneInfo(self.family, depth, dim, heads, frames, size, grid, 0, tubelet, patch)
+        n_prefix = 1 if cls_token else 0
+        self.info = BackboneInfo(self.family, depth, dim, heads, frames, size, grid, n_prefix, tubelet, patch)
+        self.pool = pool
         self.patch_embed = PatchEmbed3D(dim, tubelet, patch, in_chans)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None
         self.register_buffer("pos_embed", sinusoid_table(grid[0] * grid[1] * grid[2], dim), persistent=False)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, attention) for _ in range(depth))
         self.fc_norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, classes)
         self.method = None
         self.last_trace: list[int] = []
+        self.last_stats: dict = {}
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def set_method(self, method: nn.Module) -> None:
         self.method = method
@@ -125,18 +136,29 @@ class VideoViT(nn.Module):
     def input_shape(self, batch: int = 1) -> tuple[int, ...]:
         return (batch, 3, self.info.frames, self.info.size, self.info.size)
 
-    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
-        """Pooled features (B, D) before the head."""
+    def embed(self, video: torch.Tensor) -> TokenState:
+        """Tokens of the clip with their grid positions; the class token, if any, leads with position -1."""
         check_input(video, self.input_shape())
         x = self.patch_embed(video) + self.pos_embed.to(video.dtype)
         b, n, _ = x.shape
         pos = torch.arange(n, device=x.device).unsqueeze(0).expand(b, -1)
-        state = TokenState(x=x, pos=pos, grid=self.info.grid)
-        state = self.method.begin_forward(state)
+        if self.cls_token is None:
+            return TokenState(x=x, pos=pos, grid=self.info.grid)
+        cls = self.cls_token.to(x.dtype).expand(b, -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        pos = torch.cat([torch.full((b, 1), -1, device=x.device, dtype=pos.dtype), pos], dim=1)
+        return TokenState(x=x, pos=pos, grid=self.info.grid, n_protected=1)
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, D) before the head."""
+        state = self.method.begin_forward(self.embed(video))
         trace: list[int] = []
         state = run_blocks(self.blocks, state, self.method, trace)
         self.last_trace = trace
-        return self.fc_norm(state.x.mean(dim=1))
+        pooled = self.method.pool(state)
+        if pooled is None:
+            pooled = state.x[:, 0] if self.pool == "cls" else state.x.mean(dim=1)
+        return self.fc_norm(pooled)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(video))
@@ -163,10 +185,11 @@ def check_input(video: torch.Tensor, expected: tuple[int, ...]) -> None:
         )
 
 
-def _builder(dim: int, depth: int, heads: int):
+def _builder(dim: int, depth: int, heads: int, **fixed):
     def build(frames: int = 16, size: int = 224, classes: int = 400, attention: str = "sdpa",
               **kwargs) -> VideoViT:
-        return VideoViT(dim, depth, heads, frames=frames, size=size, classes=classes, attention=attention, **kwargs)
+        return VideoViT(dim, depth, heads, frames=frames, size=size, classes=classes, attention=attention,
+                        **fixed, **kwargs)
 
     return build
 
@@ -177,6 +200,11 @@ register_backbone("vit-b", "vit", _builder(768, 12, 12), "VideoMAE ViT-B: 768 di
                   frames=16, size=224)
 register_backbone("vit-l", "vit", _builder(1024, 24, 16), "VideoMAE ViT-L: 1024 dim, 24 blocks, 16 heads, tubelet 2x16x16",
                   frames=16, size=224)
+# Per-frame 16x16 patches (no tubelet) with a class token and joint attention: STTM's ViT-S / ViT-B.
+register_backbone("vit-s-cls", "vit", _builder(384, 12, 6, tubelet=1, cls_token=True, pool="cls"),
+                  "ViT-S with per-frame 16x16 patches, CLS token, joint attention (STTM)", frames=8, size=224)
+register_backbone("vit-b-cls", "vit", _builder(768, 12, 12, tubelet=1, cls_token=True, pool="cls"),
+                  "ViT-B with per-frame 16x16 patches, CLS token, joint attention (STTM)", frames=8, size=224)
 # A small configuration for tests and quick demos on a laptop: same code, fewer channels and blocks.
 register_backbone("vit-tiny", "vit", _builder(192, 4, 3), "tiny joint ViT (192 dim, 4 blocks, 3 heads) for tests and demos",
                   frames=8, size=64)

@@ -110,10 +110,23 @@ def count_thop(model: nn.Module, inputs: tuple) -> float:
     return float(macs) / 1e9
 
 
-def example_input(model: nn.Module, batch: int = 1, device=None, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
+def example_input(model: nn.Module, batch: int = 1, device=None, dtype=torch.float32, seed: int = 0):
+    """A deterministic input for `model`: a model with several inputs (e.g. RGB + depth + skeleton)
+    provides `make_input(batch, generator)`; others a `(B, C, T, H, W)` `input_shape(batch)`."""
     generator = torch.Generator().manual_seed(seed)
+    if hasattr(model, "make_input"):
+        inputs = model.make_input(batch, generator)
+        return _to(inputs, device or "cpu", dtype)
     video = torch.randn(model.input_shape(batch), generator=generator, dtype=torch.float32)
     return video.to(device=device or "cpu", dtype=dtype)
+
+
+def _to(inputs, device, dtype):
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device=device, dtype=dtype if inputs.is_floating_point() else inputs.dtype)
+    if isinstance(inputs, dict):
+        return {k: _to(v, device, dtype) for k, v in inputs.items()}
+    return type(inputs)(_to(v, device, dtype) for v in inputs)
 
 
 def count_flops(model: nn.Module, counters: Sequence[str] = ("torch", "fvcore", "thop"),

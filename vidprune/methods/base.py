@@ -49,6 +49,10 @@ class TokenMethod(nn.Module):
     def after_block(self, layer: int, state: TokenState) -> TokenState:
         return state
 
+    def pool(self, state: TokenState) -> Optional[torch.Tensor]:
+        """(B, D) features for the head, or None for the backbone's own pooling (mean or CLS)."""
+        return None
+
     def describe(self) -> dict:
         """What the result row records about this method's configuration."""
         return dict(self.settings)
