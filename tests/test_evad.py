@@ -356,3 +356,25 @@ def test_random_without_keyframe_option_can_lose_keyframe_tokens():
     # without protection the minimum is not N1: floor(128 * 0.05) = 6
     assert model.last_trace == [128, 6, 1, 1]
     assert records[0][0].tolist() != list(range(64, 80))
+
+
+def test_chunked_attention_tap_matches_full_probabilities():
+    """The tap path (probabilities reduced block by block) selects the same tokens and gives the same
+    logits as materialising the full attention matrix."""
+    torch.manual_seed(0)
+    tapped = create_model("vit-tiny", "evad", 0.6)
+    full = create_model("vit-tiny", "evad", 0.6)
+    full.load_state_dict(tapped.state_dict())
+    full.method.attention_tap = lambda layer, state: None
+    import vidprune.backbones.vit as vit
+
+    video = torch.randn(2, 3, 8, 64, 64)
+    old = vit.TAP_CHUNK_ELEMENTS
+    vit.TAP_CHUNK_ELEMENTS = 2 * 3 * 64 * 8  # force several blocks of 8 queries
+    try:
+        with torch.inference_mode():
+            a, b = tapped(video), full(video)
+    finally:
+        vit.TAP_CHUNK_ELEMENTS = old
+    assert tapped.last_trace == full.last_trace
+    assert torch.allclose(a, b, atol=1e-5)

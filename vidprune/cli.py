@@ -81,7 +81,7 @@ def sweep(
                                        help="knob values: 0.6,0.7,0.8 or a range 0.5:0.9:0.1 (default: the method's default)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="method option, name=value or a grid name=a,b (repeatable)"),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe under recipes/; flags given here override it"),
-    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="backbone (default vit-b)"),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="backbone (default: the method's, vit-b for evad)"),
     frames: Optional[int] = typer.Option(None, "--frames", help="frames per clip (default: the backbone's, 16)"),
     size: Optional[int] = typer.Option(None, "--size", help="input height = width in pixels (default 224)"),
     classes: Optional[int] = typer.Option(None, "--classes", help="classifier classes (default 400)"),
@@ -183,7 +183,7 @@ def sweep(
 @app.command()
 @user_errors
 def profile(
-    backbone: str = typer.Option("vit-b", "--backbone", "-b", help="backbone"),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="backbone (default: the method's, vit-b for none/evad)"),
     method: str = typer.Option("none", "--method", "-m", help="method in place (default none)"),
     keep: Optional[float] = typer.Option(None, "--keep", "-k", help="knob value (default: the method's default)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="method option name=value (repeatable)"),
@@ -214,6 +214,7 @@ def profile(
     # A configuration that cannot be built (unknown backbone, --frames 7, bad layers) is a user error (exit 2),
     # not a failed measurement, which `measure` would record instead of raising.
     runner.build(point)
+    backbone = spec.backbone
     with console.status(f"measuring {backbone} with {method} on {runner.device}...") if not as_json else _null():
         row = runner.measure(point)
     if as_json:

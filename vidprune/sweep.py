@@ -37,7 +37,7 @@ DEFAULT_WARMUP = {"cpu": 2, "cuda": 10}
 class SweepSpec:
     method: str
     keeps: list[float] = field(default_factory=list)
-    backbone: str = "vit-b"
+    backbone: Optional[str] = None  # None: the method's `default_backbone`
     frames: Optional[int] = None
     size: Optional[int] = None
     classes: int = 400
@@ -52,6 +52,10 @@ class SweepSpec:
     options: dict = field(default_factory=dict)  # option name -> list of raw values (a grid)
     references: list[dict] = field(default_factory=list)  # labelled paper points from a recipe
     recipe: Optional[str] = None
+
+    def __post_init__(self):
+        if self.backbone is None:
+            self.backbone = getattr(registry.get_method(self.method), "default_backbone", "vit-b")
 
 
 @dataclass

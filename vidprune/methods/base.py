@@ -24,6 +24,7 @@ class TokenMethod(nn.Module):
     knob: Optional[Knob] = None
     options: tuple[Option, ...] = ()
     families: tuple[str, ...] = ()
+    default_backbone: str = "vit-b"  # what `vidprune sweep --method <name>` measures without --backbone
 
     def __init__(self, info: BackboneInfo, keep: Optional[float], seed: int = 0, **options):
         super().__init__()
@@ -38,6 +39,13 @@ class TokenMethod(nn.Module):
     def needs_attention(self, layer: int) -> bool:
         """Whether block `layer` (0-based) must hand its attention probabilities to `after_attention`."""
         return False
+
+    def attention_tap(self, layer: int, state: TokenState):
+        """A callable `tap(probs, start)` that block `layer` feeds with its attention probabilities in
+        blocks of queries (B, heads, c, N), or None. Preferred over `needs_attention` when a method only
+        needs a reduction of the probabilities: the full N x N tensor is then never built. The tap is
+        passed to `after_attention` in place of the probabilities."""
+        return None
 
     def before_block(self, layer: int, state: TokenState) -> TokenState:
         return state

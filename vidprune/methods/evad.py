@@ -50,18 +50,50 @@ class EVAD(TokenMethod):
     def needs_attention(self, layer: int) -> bool:
         return layer + 1 in self.layers and self.keep < 1.0
 
-    def importance(self, state: TokenState, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 1 on head-averaged attention; returns (importance (B, N), keyframe mask (B, N))."""
-        keyframe = state.temporal_index() == self.keyframe_slice
-        weights = torch.where(keyframe, self.w_kf, 1.0).to(attn.dtype)
-        # A batched matmul rather than einsum: every FLOP counter knows bmm.
-        received = torch.bmm(weights.unsqueeze(1), attn.mean(dim=1)).squeeze(1)
-        return received / state.num_tokens, keyframe
+    def keyframe_mask(self, state: TokenState) -> torch.Tensor:
+        return state.temporal_index() == self.keyframe_slice
 
-    def after_attention(self, layer: int, state: TokenState, attn: Optional[torch.Tensor]) -> TokenState:
+    def query_weights(self, state: TokenState, dtype: torch.dtype) -> torch.Tensor:
+        return torch.where(self.keyframe_mask(state), self.w_kf, 1.0).to(dtype)
+
+    def attention_tap(self, layer: int, state: TokenState):
+        if not self.needs_attention(layer):
+            return None
+        return WeightedReceivedAttention(self.query_weights(state, state.x.dtype))
+
+    def importance(self, state: TokenState, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 1 on full head-averaged attention (B, H, N, N); returns (importance (B, N), keyframe mask)."""
+        tap = WeightedReceivedAttention(self.query_weights(state, attn.dtype))
+        tap(attn, 0)
+        return tap.importance(), self.keyframe_mask(state)
+
+    def after_attention(self, layer: int, state: TokenState, attn) -> TokenState:
         if attn is None or not self.needs_attention(layer):
             return state
-        scores, keyframe = self.importance(state, attn)
+        if isinstance(attn, WeightedReceivedAttention):
+            scores, keyframe = attn.importance(), self.keyframe_mask(state)
+        else:
+            scores, keyframe = self.importance(state, attn)
         n1 = self.info.tokens_per_slice
         k = keep_count(state.num_tokens, self.keep, minimum=n1)
         return keep_top(state, scores.masked_fill(keyframe, float("inf")), k)
+
+
+class WeightedReceivedAttention:
+    """Accumulates I_j = (1/N) sum_i w_i mean_h attn(i, j) over blocks of queries (Eq. 1)."""
+
+    def __init__(self, weights: torch.Tensor):
+        self.weights = weights  # (B, N) query weights
+        self.total: Optional[torch.Tensor] = None
+        self.heads = 1
+
+    def __call__(self, probs: torch.Tensor, start: int) -> None:
+        self.heads = probs.shape[1]
+        rows = self.weights[:, None, start:start + probs.shape[2]].to(probs.dtype)
+        # A batched matmul rather than einsum: every FLOP counter knows bmm.
+        part = torch.bmm(rows, probs.sum(dim=1)).squeeze(1)
+        self.total = part if self.total is None else self.total + part
+
+    def importance(self) -> torch.Tensor:
+        n = self.weights.shape[1]
+        return self.total / (self.heads * n)
