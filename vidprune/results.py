@@ -26,6 +26,8 @@ COLUMNS: list[str] = [
     "seed", "vidprune_version", "torch_version", "git_sha", "timestamp",
 ]
 
+TEXT_COLUMNS = ("git_sha", "options", "tokens_per_block", "error", "notes", "reference_note", "source")
+
 # The columns `vidprune plot` may put on an axis, with the direction that is better.
 COST_COLUMNS = {"gflops": "min", "gflops_fvcore": "min", "gflops_thop": "min", "params_m": "min",
                 "latency_ms": "min", "peak_mem_mib": "min", "tokens_final": "min"}
@@ -99,7 +101,8 @@ def read_tables(patterns: Iterable[str]) -> pd.DataFrame:
             if path.suffix == ".parquet":
                 df = pd.read_parquet(path)
             else:
-                df = pd.read_csv(path)
+                # Text columns that may look numeric (a short git sha of digits only, option JSON).
+                df = pd.read_csv(path, dtype={c: "string" for c in TEXT_COLUMNS})
         except Exception as exc:  # pandas raises many types for unreadable input
             raise VidpruneError(
                 f"cannot read result file '{path}' ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "

@@ -10,4 +10,4 @@ class NoReduction(TokenMethod):
     description = "the unpruned backbone (reference)"
     knob = None
     options = ()
-    families = ("vit",)
+    families = ("vit", "clip", "vivit", "timesformer")
