@@ -1,0 +1,323 @@
+"""STTM: spatial-temporal token merging (Feng et al., ACM TOMM 2024), Sec. 3.
+
+After block k of each merge layer, the L current tokens X (class token excluded, it is never merged)
+with their position embeddings E become L' = floor(L * (1 - merge_ratio)) tokens:
+  1. meta tokens: greedy most-orthogonal selection (Motionformer) of alpha * L' candidates, the first
+     pick random (seeded), each next the token whose largest |cosine| to the picks so far is smallest;
+     the L' candidates the class token attends to most are kept (EViT's attentiveness);
+  2. C = softmax(phi(X) phi(M)^T), normalised over the column (input tokens) then the row (meta tokens),
+     phi a learnable encoder with l2-normalised outputs;
+  3. appearance A = C^T X, motion P = C^T E, output Y = varphi([A, P]) with varphi linear 2D -> D;
+     P replaces E at the next merge.
+The first merge (layer 6 of 12) is spatial: it runs within each frame (temporal slice). Later ones
+(layer 9) are spatio-temporal over all tokens. Both share one module. Every choice the paper leaves
+open is in docs/methods/sttm.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidprune.errors import VidpruneError
+from vidprune.methods.base import TokenMethod, parse_layers
+from vidprune.registry import Knob, Option, register_method
+from vidprune.tokens import TokenState, keep_count
+
+MERGE_MODES = ("two-stage", "spatial", "global")
+FILTERS = ("attention", "similarity", "none")
+PHI_KINDS = ("mlp", "linear")
+
+
+def _choice(*allowed: str):
+    def parse(value) -> str:
+        text = str(value).strip().lower()
+        if text not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def _parse_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _alpha(value) -> float:
+    v = float(value)
+    if not v >= 1.0:
+        raise ValueError("must be >= 1 (alpha x L' candidates are filtered down to L')")
+    return v
+
+
+def default_layers(depth: int) -> tuple[int, ...]:
+    """The paper's 6 and 9 of 12 blocks, scaled to other depths (2, 3 of 4; 12, 18 of 24)."""
+    return tuple(sorted({min(max(round(depth * p / 12), 1), max(depth - 1, 1)) for p in (6, 9)}))
+
+
+def resolve_merge_layers(depth: int, requested) -> tuple[int, ...]:
+    try:
+        layers = default_layers(depth) if requested in (None, "", "auto") else parse_layers(requested)
+    except (TypeError, ValueError) as exc:
+        raise VidpruneError(
+            f"layers={requested!r} is invalid: {exc}. Pass 1-based block numbers, e.g. --set layers=6,9."
+        ) from None
+    if layers[-1] >= depth:
+        raise VidpruneError(
+            f"STTM merges after a block, so layer {layers[-1]} must be below the backbone's {depth} blocks "
+            f"(a merge after the last block feeds no block). Use e.g. --set layers={','.join(map(str, default_layers(depth)))}."
+        )
+    return layers
+
+
+def most_orthogonal(x: torch.Tensor, count: int, first: torch.Tensor) -> torch.Tensor:
+    """Greedy most-orthogonal selection (Motionformer's orthogonal landmarks), batched over groups.
+
+    x: (G, L, D); first: (G,) index of the first pick. Each next pick is the unpicked token whose largest
+    absolute cosine similarity to the picks so far is smallest. Returns (G, count) indices in pick order.
+    One (G, L, D) x (G, D) product per pick after the first: (count - 1) * L * D MACs per group.
+    """
+    g, length, d = x.shape
+    unit = F.normalize(x, dim=-1)
+    # largest |cosine| of each token to the picks so far; +inf marks a picked token, never picked again
+    closest = torch.full((g, length), -1.0, dtype=x.dtype, device=x.device)
+    done = torch.full((g, 1), float("inf"), dtype=x.dtype, device=x.device)
+    current = first
+    picks = [current]
+    closest = closest.scatter(1, current[:, None], done)
+    for _ in range(count - 1):
+        chosen = unit.gather(1, current[:, None, None].expand(-1, 1, d))
+        cosine = torch.bmm(unit, chosen.transpose(1, 2)).squeeze(-1).abs()
+        closest = torch.maximum(closest, cosine)
+        current = closest.argmin(dim=1)
+        closest = closest.scatter(1, current[:, None], done)
+        picks.append(current)
+    return torch.stack(picks, dim=1)
+
+
+def correspondence(logits: torch.Tensor) -> torch.Tensor:
+    """C from similarities (G, L, L'): exp, normalised over the column (input tokens), then over the row
+    (meta tokens), i.e. softmax over the row of the column-log-softmax: one Sinkhorn step. Rows sum to 1."""
+    return (logits - logits.logsumexp(dim=1, keepdim=True)).softmax(dim=-1)
+
+
+class Merger(nn.Module):
+    """The learnable part of STTM: phi (correspondence encoder) and varphi (fusion, 2D -> D)."""
+
+    def __init__(self, dim: int, phi: str = "mlp", motion: bool = True):
+        super().__init__()
+        if phi == "mlp":
+            self.phi = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        else:
+            self.phi = nn.Linear(dim, dim)
+        self.fusion = nn.Linear(2 * dim, dim) if motion else None
+
+    def correspondence(self, x: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        """C (G, L, L') between the tokens x (G, L, D) and the meta tokens x[meta] (G, L')."""
+        f = F.normalize(self.phi(x), dim=-1)
+        # M is a subset of X, so phi(M) is a gather of phi(X), not a second pass of phi
+        fm = f.gather(1, meta[..., None].expand(-1, -1, f.shape[-1]))
+        return correspondence(torch.bmm(f, fm.transpose(1, 2)))
+
+    def forward(self, x: torch.Tensor, e: Optional[torch.Tensor], meta: torch.Tensor):
+        """Returns (Y, P or None, C)."""
+        c = self.correspondence(x, meta)
+        ct = c.transpose(1, 2)
+        appearance = torch.bmm(ct, x)
+        if self.fusion is None:
+            return appearance, None, c
+        motion = torch.bmm(ct, e)
+        return self.fusion(torch.cat([appearance, motion], dim=-1)), motion, c
+
+
+class FilterAttention:
+    """Attention tap for the meta-token filter: the class token's head-averaged attention row (EViT), or,
+    without a class token, the head-averaged attention each token receives. Rows are (B', N) where B' is
+    the batch, or batch x frames for a divided TimeSformer block (one class-token copy per frame)."""
+
+    def __init__(self, has_cls: bool):
+        self.has_cls = has_cls
+        self.rows: Optional[torch.Tensor] = None
+
+    def __call__(self, probs: torch.Tensor, start: int) -> None:
+        if self.has_cls:
+            if start == 0:
+                self.rows = probs[:, :, 0].mean(dim=1)
+            return
+        part = probs.mean(dim=1).sum(dim=1)
+        self.rows = part if self.rows is None else self.rows + part
+
+
+@register_method
+class STTM(TokenMethod):
+    name = "sttm"
+    description = "spatial-temporal token merging: per frame after block 6, spatio-temporal after block 9"
+    paper = ("Feng et al., Efficient Video Transformers via Spatial-temporal Token Merging for Action "
+             "Recognition, ACM TOMM 2024")
+    knob = Knob("merge_ratio", 0.5, 0.0, 1.0,
+                "fraction of the tokens merged away at each STTM: L' = floor(L (1 - merge_ratio))",
+                high_inclusive=False)
+    options = (
+        Option("layers", "auto", "1-based blocks after which STTM merges; auto = 6,9 for 12 blocks", str, grid=False),
+        Option("merge", "two-stage", "two-stage: per frame at the first layer, spatio-temporal after; "
+               "spatial: per frame at every layer; global: spatio-temporal at every layer (Table 5)",
+               _choice(*MERGE_MODES)),
+        Option("alpha", 1.5, "orthogonal-selection oversampling: alpha x L' candidates, filtered to L'", _alpha),
+        Option("filter", "attention", "meta-token filter: attention (class token's attention, EViT), "
+               "similarity (dot product with the class token), none (Table 2)", _choice(*FILTERS)),
+        Option("motion", True, "aggregate position embeddings as motion and fuse [A, P]; false = appearance "
+               "only, no fusion layer (Table 1)", _parse_bool),
+        Option("phi", "mlp", "correspondence encoder: mlp (D-2D-D, matches the paper's parameter counts) or linear (D-D)",
+               _choice(*PHI_KINDS)),
+        Option("share", True, "one STTM module shared by all merge layers, as the paper states; false = one per layer",
+               _parse_bool),
+    )
+    families = ("vit", "timesformer")
+    default_backbone = "vit-b-cls"
+
+    def __init__(self, info, keep, seed: int = 0, **options):
+        super().__init__(info, keep, seed=seed, **options)
+        self.merge_ratio = float(keep)
+        self.layers = resolve_merge_layers(info.depth, options.get("layers"))
+        self.mode = options.get("merge", "two-stage")
+        if self.mode == "two-stage":
+            kinds = ["spatial"] + ["spatio-temporal"] * (len(self.layers) - 1)
+        else:
+            kinds = ["spatial" if self.mode == "spatial" else "spatio-temporal"] * len(self.layers)
+        self.stages = dict(zip(self.layers, kinds))
+        self.alpha = float(options.get("alpha", 1.5))
+        self.filter = options.get("filter", "attention")
+        self.motion = bool(options.get("motion", True))
+        self.phi_kind = options.get("phi", "mlp")
+        self.share = bool(options.get("share", True))
+        self.mergers = nn.ModuleList(Merger(info.dim, self.phi_kind, self.motion)
+                                     for _ in range(1 if self.share else len(self.layers)))
+        # TimeSformer: blocks after the first merge see no frames x patches grid, so they run joint attention
+        self.grid_until_layer = self.layers[0]
+        if info.family == "vit":
+            # vit.py adds this fixed table (no parameters) to the grid tokens: it is E for the first merge.
+            # A backbone with other position embeddings hands its table over in state.extras["pos_table"].
+            from vidprune.backbones.vit import sinusoid_table
+
+            self.register_buffer("position_table", sinusoid_table(info.num_grid_tokens, info.dim)[0],
+                                 persistent=False)
+        else:
+            self.position_table = None
+        self._generator = torch.Generator()
+        self._filter_rows: Optional[torch.Tensor] = None
+
+    def describe(self) -> dict:
+        return {"layers": ",".join(map(str, self.layers)), "merge": self.mode,
+                "stages": ",".join(f"{kind}@{layer}" for layer, kind in self.stages.items()),
+                "alpha": self.alpha, "filter": self.filter, "motion": self.motion, "phi": self.phi_kind,
+                "share": self.share}
+
+    # ------------------------------------------------------------------ insertion points
+
+    def begin_forward(self, state: TokenState) -> TokenState:
+        # the random first orthogonal pick is redrawn from the seed at every forward: deterministic
+        self._generator.manual_seed(self.seed)
+        self._filter_rows = None
+        return state
+
+    def attention_tap(self, layer: int, state: TokenState):
+        if layer + 1 in self.stages and self.filter == "attention":
+            return FilterAttention(has_cls=state.n_protected > 0)
+        return None
+
+    def after_attention(self, layer: int, state: TokenState, attn) -> TokenState:
+        if layer + 1 in self.stages and self.filter == "attention" and attn is not None:
+            if isinstance(attn, torch.Tensor):  # a backbone without taps hands over the full probabilities
+                tap = FilterAttention(has_cls=state.n_protected > 0)
+                tap(attn, 0)
+                attn = tap
+            self._filter_rows = attn.rows
+        return state
+
+    def after_block(self, layer: int, state: TokenState) -> TokenState:
+        if layer + 1 not in self.stages:
+            return state
+        merger = self.mergers[0 if self.share else self.layers.index(layer + 1)]
+        return self.merge(state, self.stages[layer + 1], merger)
+
+    # ------------------------------------------------------------------ the merge
+
+    def counts(self, tokens: int) -> tuple[int, int]:
+        """(L', candidates) for a group of `tokens` tokens."""
+        out = keep_count(tokens, 1.0 - self.merge_ratio)
+        if self.filter == "none":
+            return out, out
+        return out, min(tokens, max(out, math.floor(self.alpha * out + 1e-9)))
+
+    def merge(self, state: TokenState, kind: str, merger: Merger) -> TokenState:
+        b, _, d = state.x.shape
+        prefix = state.n_protected
+        tokens = state.x[:, prefix:]
+        length = tokens.shape[1]
+        groups = self.info.grid[0] if kind == "spatial" else 1
+        if length % groups:
+            raise RuntimeError(f"a spatial merge needs the same number of tokens in each of {groups} frames, got {length}")
+        per_group = length // groups
+        out, candidates = self.counts(per_group)
+        x = tokens.reshape(b * groups, per_group, d)
+
+        # the same first pick for every sample: a batched forward equals per-sample forwards
+        first = torch.randint(per_group, (groups,), generator=self._generator).to(x.device).repeat(b)
+        meta = most_orthogonal(x, candidates, first)
+        if candidates > out:
+            scores = self._filter_scores(state, meta, x, groups)
+            meta = meta.gather(1, scores.topk(out, dim=1).indices)
+        meta = meta.sort(dim=1).values
+
+        e = self._embeddings(state).reshape(b * groups, per_group, d) if merger.fusion is not None else None
+        y, motion, c = merger(x, e, meta)
+
+        pos = state.pos[:, prefix:].reshape(b * groups, per_group).gather(1, meta).reshape(b, -1)
+        size = state.size[:, prefix:] if state.size is not None else torch.ones_like(state.pos[:, prefix:], dtype=x.dtype)
+        size = (c * size.reshape(b * groups, per_group, 1).to(c.dtype)).sum(dim=1).reshape(b, -1)
+        prefix_size = torch.ones(b, prefix, dtype=size.dtype, device=size.device)
+        extras = dict(state.extras)
+        if motion is not None:
+            extras["sttm_motion"] = motion.reshape(b, -1, d)
+        return replace(state, x=torch.cat([state.x[:, :prefix], y.reshape(b, -1, d)], dim=1),
+                       pos=torch.cat([state.pos[:, :prefix], pos], dim=1),
+                       size=torch.cat([prefix_size, size], dim=1), extras=extras)
+
+    def _embeddings(self, state: TokenState) -> torch.Tensor:
+        """E of the current tokens (B, L, D): P of the previous merge, else the grid position embeddings."""
+        if "sttm_motion" in state.extras:
+            return state.extras["sttm_motion"]
+        table = state.extras.get("pos_table", self.position_table)
+        if table is None:
+            raise RuntimeError("the backbone provides no position table for STTM's motion features")
+        return table.to(state.x.dtype)[state.pos[:, state.n_protected:]]
+
+    def _filter_scores(self, state: TokenState, candidates: torch.Tensor, x: torch.Tensor, groups: int) -> torch.Tensor:
+        """(G, K) filter score of each candidate meta token: higher is kept."""
+        b = state.x.shape[0]
+        if self.filter == "similarity":
+            # the class token, or without one the mean token as its stand-in
+            anchor = state.x[:, 0] if state.n_protected else state.x.mean(dim=1)
+            anchor = anchor.repeat_interleave(groups, dim=0)
+            chosen = x.gather(1, candidates[..., None].expand(-1, -1, x.shape[-1]))
+            return torch.bmm(chosen, anchor[:, :, None]).squeeze(-1)
+        rows, self._filter_rows = self._filter_rows, None
+        if rows is None:
+            raise RuntimeError("STTM's attention filter got no attention probabilities from the block")
+        if rows.shape[0] == b:
+            scores = rows[:, state.n_protected:]
+        else:  # a divided TimeSformer block: per-frame spatial attention, the class-token copy first
+            scores = rows.reshape(b, -1, rows.shape[-1])[:, :, 1:].reshape(b, -1)
+        return scores.reshape(b * groups, -1).gather(1, candidates)
