@@ -24,9 +24,12 @@ COLUMNS: list[str] = [
     "source", "reference_note",
     "status", "error", "notes",
     "seed", "vidprune_version", "torch_version", "git_sha", "timestamp",
+    # Stable hash of everything that defines the point (see sweep.config_hash): what `--resume` matches on.
+    "config_hash",
 ]
 
-TEXT_COLUMNS = ("git_sha", "options", "tokens_per_block", "error", "notes", "reference_note", "source")
+TEXT_COLUMNS = ("git_sha", "options", "tokens_per_block", "error", "notes", "reference_note", "source",
+                "config_hash")
 
 # The columns `vidprune plot` may put on an axis, with the direction that is better.
 COST_COLUMNS = {"gflops": "min", "gflops_fvcore": "min", "gflops_thop": "min", "params_m": "min",
@@ -63,6 +66,10 @@ def write_table(rows: Sequence[dict], path: Path) -> Path:
     df = to_frame(rows)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    # mkstemp creates 0600; a results table in a shared folder should be readable like any other file.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         if path.suffix == ".parquet":
             try:

@@ -7,14 +7,18 @@ is rewritten atomically after every point, so nothing finished is ever lost.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
+import os
+import signal
 import subprocess
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
@@ -68,6 +72,112 @@ class Point:
     def label(self) -> str:
         extra = "".join(f" {k}={v}" for k, v in self.options.items())
         return f"{self.method}" + ("" if self.keep is None else f" keep={self.keep:g}") + extra
+
+
+# Fields of a spec that travel to a worker process (`--isolate`, Ray, Slurm); references stay with the driver.
+_SPEC_WIRE_FIELDS = ("method", "keeps", "backbone", "frames", "size", "classes", "batch", "device", "dtype",
+                     "attention", "metrics", "repeats", "warmup", "seed", "options")
+
+
+def spec_to_dict(spec: SweepSpec) -> dict:
+    data = asdict(spec)
+    return {k: (list(data[k]) if k == "metrics" else data[k]) for k in _SPEC_WIRE_FIELDS}
+
+
+def spec_from_dict(data: dict) -> SweepSpec:
+    data = dict(data)
+    if "metrics" in data:
+        data["metrics"] = tuple(data["metrics"])
+    return SweepSpec(**data)
+
+
+def config_payload(spec: SweepSpec, point: Point) -> dict:
+    """Everything that defines a measured point, with device-independent defaults filled in, so that
+    `--keep 0.7 --set w_kf=4` and `--keep 0.70 --set w_kf=4.0` are the same point.
+
+    The device, repeats and warm-up enter as requested (`auto` stays `auto`): a driver that hands points
+    to Ray or Slurm cannot know where they will land, and the row's `device` column says where they did.
+    """
+    try:
+        method_cls = registry.get_method(point.method)
+        options = registry.parse_options(method_cls, point.options)
+    except VidpruneError:
+        options = dict(point.options)
+    try:
+        defaults = registry.get_backbone(spec.backbone).defaults
+    except VidpruneError:
+        defaults = {}
+    try:
+        dtype = devices.dtype_name(devices.resolve_dtype(spec.dtype))
+    except VidpruneError:
+        dtype = str(spec.dtype)
+    return {
+        "method": point.method, "backbone": spec.backbone,
+        "keep": None if point.keep is None else float(point.keep), "options": options,
+        "frames": spec.frames if spec.frames is not None else defaults.get("frames"),
+        "size": spec.size if spec.size is not None else defaults.get("size"),
+        "classes": spec.classes, "batch": spec.batch, "device": str(spec.device).strip().lower(), "dtype": dtype,
+        "attention": spec.attention, "metrics": sorted(set(spec.metrics)), "seed": spec.seed,
+        "repeats": spec.repeats, "warmup": spec.warmup,
+    }
+
+
+def stable_hash(payload) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def config_hash(spec: SweepSpec, point: Point) -> str:
+    """The identity of a point across runs: `--resume` skips a point whose hash already has an `ok` row."""
+    return stable_hash(config_payload(spec, point))
+
+
+# Fault injection for the fault-tolerance tests, e.g. VIDPRUNE_INJECT_FAULT="sigkill@0.7;oom@none":
+# kind[=argument]@selector, where the selector is a keep value, `none` (the reference point) or `*`.
+FAULT_ENV = "VIDPRUNE_INJECT_FAULT"
+FAULT_KINDS = ("raise", "oom", "nonfinite", "sigkill", "sleep")
+
+
+def injected_fault(point: Point) -> Optional[tuple[str, str]]:
+    for entry in [e.strip() for e in os.environ.get(FAULT_ENV, "").split(";") if e.strip()]:
+        action, _, selector = entry.partition("@")
+        kind, _, argument = action.partition("=")
+        if kind not in FAULT_KINDS:
+            raise VidpruneError(f"{FAULT_ENV}: unknown fault '{kind}' in '{entry}'; known: {', '.join(FAULT_KINDS)}.")
+        selector = selector.strip() or "*"
+        if selector == "*" or (selector == "none" and point.method == "none"):
+            return kind, argument
+        if point.method != "none" and point.keep is not None:
+            try:
+                if math.isclose(float(selector), float(point.keep)):
+                    return kind, argument
+            except ValueError:
+                pass
+    return None
+
+
+def apply_injected_fault(point: Point, model: torch.nn.Module) -> None:
+    fault = injected_fault(point)
+    if fault is None:
+        return
+    kind, argument = fault
+    if kind == "raise":
+        raise RuntimeError(f"injected failure at {point.label}")
+    if kind == "oom":
+        raise RuntimeError(f"CUDA out of memory. Tried to allocate 1.00 GiB (injected at {point.label})")
+    if kind == "sigkill":  # what a crash in native code looks like from outside: no exception, no cleanup
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "sleep":
+        time.sleep(float(argument or 60))
+    if kind == "nonfinite":  # a real NaN through the real forward, so the check itself is exercised
+        with torch.no_grad():
+            next(p for p in model.parameters() if p.is_floating_point()).fill_(float("nan"))
+
+
+def failure_row(spec: SweepSpec, point: Point, shared: dict, error: str, status: str = "failed") -> dict:
+    """The row for a point whose measurement produced no row of its own (its process or task died)."""
+    return dict(shared, method=point.method, keep=1.0 if point.keep is None else point.keep, timestamp=now(),
+                status=status, error=error, notes="", config_hash=config_hash(spec, point))
 
 
 def parse_keeps(text: str) -> list[float]:
@@ -180,10 +290,11 @@ class Runner:
     def measure(self, point: Point) -> dict:
         """One row; never raises for a failure inside the measurement (it is recorded instead)."""
         row = dict(self.shared, method=point.method, keep=1.0 if point.keep is None else point.keep,
-                   timestamp=now(), status="ok", error="", notes="")
+                   timestamp=now(), status="ok", error="", notes="", config_hash=config_hash(self.spec, point))
         notes: list[str] = []
         try:
             model = self.build(point)
+            apply_injected_fault(point, model)
             method = model.method
             info = model.info
             # What a method wants every row to say (e.g. that its learned parts are untrained).
@@ -249,6 +360,7 @@ def reference_rows(spec: SweepSpec, shared: dict) -> list[dict]:
     rows = []
     for ref in spec.references:
         ref = dict(ref)
+        ref_key = dict(ref)
         factor = float(ref.pop("paper_gflops_factor", 1.0))
         source = ref.pop("source", "paper")
         note = ref.pop("note", "")
@@ -260,30 +372,43 @@ def reference_rows(spec: SweepSpec, shared: dict) -> list[dict]:
             row["gflops"] = paper / factor
             note = f"paper reports {paper:g} GFLOPs (÷{factor:g} to our convention). {note}".strip()
         row["reference_note"] = note
+        row["config_hash"] = "ref-" + stable_hash({"recipe_method": spec.method, "reference": ref_key})
         for key, value in ref.items():
             row[f"paper_{key}" if key in ("throughput", "latency_ms", "peak_mem_mib") else key] = value
         rows.append(row)
     return rows
 
 
-def run_sweep(spec: SweepSpec, on_row: Optional[Callable[[Point, dict], None]] = None) -> Iterator[dict]:
+def run_sweep(spec: SweepSpec, on_row: Optional[Callable[[Point, dict], None]] = None, *,
+              executor: str = "local", skip: Iterable[str] = (), executor_options: Optional[dict] = None
+              ) -> Iterator[dict]:
     """Check the spec and build every point now, then return an iterator over one row per point (reference
-    first) followed by the recipe's labelled reference rows.
+    first; in completion order for Ray and Slurm) followed by the recipe's labelled reference rows.
+
+    `executor`: local (in this process), subprocess (one process per point, `--isolate`), ray or slurm (see
+    vidprune/executors.py). Points whose config_hash is in `skip` are not measured (`--resume`).
 
     Not a generator itself: a bad flag raises here, at the call, before the caller starts a progress display
     or measures anything, so it fails in seconds, not after an hour.
     """
+    from vidprune.executors import check_executor, validation_runner
+
+    check_executor(executor, spec, executor_options or {})
     points = expand_points(spec)
-    runner = Runner(spec)
+    runner = validation_runner(spec, executor)
     for point in points:
         runner.build(point)
-    return _measure_points(spec, runner, points, on_row)
+    skip = set(skip)
+    todo = [p for p in points if config_hash(spec, p) not in skip]
+    return _measure_points(spec, runner, todo, on_row, executor, executor_options or {})
 
 
 def _measure_points(spec: SweepSpec, runner: Runner, points: list[Point],
-                    on_row: Optional[Callable[[Point, dict], None]]) -> Iterator[dict]:
-    for point in points:
-        row = runner.measure(point)
+                    on_row: Optional[Callable[[Point, dict], None]], executor: str = "local",
+                    executor_options: Optional[dict] = None) -> Iterator[dict]:
+    from vidprune.executors import measure_points
+
+    for point, row in measure_points(executor, spec, runner, points, executor_options or {}):
         if on_row:
             on_row(point, row)
         yield row
