@@ -95,16 +95,42 @@ def sweep(
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for inputs and random choices (default 0)"),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="folder for the result table"),
     fmt: str = typer.Option("csv", "--format", help="csv | parquet"),
+    resume: bool = typer.Option(False, "--resume", help="continue the newest table of this sweep in --out: "
+                                "measure only the points without an ok row"),
+    isolate: bool = typer.Option(False, "--isolate", help="measure each point in its own process "
+                                 "(= --executor subprocess)"),
+    executor: str = typer.Option("local", "--executor", help="local | subprocess | ray | slurm (docs/scaling.md)"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join, e.g. auto or "
+                                              "ray://head:10001 (default: start a local Ray)"),
+    ray_resources: Optional[str] = typer.Option(None, "--ray-resources", help="custom Ray resources each point "
+                                                "needs, e.g. jetson=1"),
+    slurm_option: Optional[List[str]] = typer.Option(None, "--slurm-option", help="submitit parameter key=value "
+                                                     "(repeatable), e.g. slurm_partition=gpu, timeout_min=120"),
 ) -> None:
     """Measure the unpruned reference and one row per knob value; write a tidy table."""
     from vidprune import registry
+    from vidprune.executors import EXECUTORS, REMOTE_EXECUTORS, parse_resources, parse_slurm_options
     from vidprune.recipes import load_recipe
     from vidprune.report.tables import render_rich, summary_table
-    from vidprune.results import result_filename, to_frame, write_table
-    from vidprune.sweep import SweepSpec, expand_points, parse_keeps, parse_set, run_sweep
+    from vidprune.results import read_tables, result_filename
+    from vidprune.store import ResultStore
+    from vidprune.sweep import SweepSpec, config_hash, expand_points, parse_keeps, parse_set, run_sweep
 
     if fmt not in ("csv", "parquet"):
         raise VidpruneError(f"--format must be csv or parquet, got '{fmt}'.")
+    if isolate:
+        if executor not in ("local", "subprocess"):
+            raise VidpruneError(f"--isolate means --executor subprocess; drop one of --isolate and --executor {executor}.")
+        executor = "subprocess"
+    if executor not in EXECUTORS:
+        raise VidpruneError(f"--executor must be one of {', '.join(EXECUTORS)}, got '{executor}'.")
+    if (ray_address or ray_resources) and executor != "ray":
+        raise VidpruneError("--ray-address and --ray-resources need --executor ray.")
+    if slurm_option and executor != "slurm":
+        raise VidpruneError("--slurm-option needs --executor slurm.")
+    executor_options = {"ray_address": ray_address, "ray_resources": ray_resources,
+                        "slurm_options": parse_slurm_options(slurm_option or []), "slurm_folder": str(out / ".submitit")}
+    parse_resources(ray_resources)
     base: dict = {}
     references: list = []
     if recipe is not None:
@@ -137,15 +163,21 @@ def sweep(
 
     from vidprune.measure.device import resolve_device
 
-    device_tag = str(resolve_device(spec.device))
+    # With Ray or Slurm the points run elsewhere: name the table after the device asked for.
+    device_tag = str(spec.device).strip().lower() if executor in REMOTE_EXECUTORS else str(resolve_device(spec.device))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     import torch
 
     probe = registry.create_model(spec.backbone, "none", frames=spec.frames, size=spec.size, classes=spec.classes)
     name = result_filename(spec.method, spec.backbone, probe.info.frames, probe.info.size, device_tag, spec.dtype,
                            torch.__version__, stamp, fmt)
-    path = out / name
-    rows: list[dict] = []
+    hashes = [config_hash(spec, p) for p in points]
+    store = ResultStore.find_resumable(out, name, hashes) if resume else None
+    done = (store.ok_hashes() & set(hashes)) if store is not None else set()
+    if resume:
+        err_console.print(f"resuming {store.path}: {len(done)} of {len(points)} point(s) already ok" if store
+                          else f"nothing to resume in {out} for this sweep; starting a new table",
+                          markup=False, highlight=False)
     failed = 0
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), console=err_console, transient=False)
@@ -159,13 +191,16 @@ def sweep(
 
     # run_sweep checks every point (metrics, repeats, dtype, layers, ...) when called: do that before the
     # progress bar starts, so a bad flag prints just its one error line.
-    measured = run_sweep(spec, on_row=on_row)
+    measured = run_sweep(spec, on_row=on_row, executor=executor, skip=done, executor_options=executor_options)
+    if store is None:
+        store = ResultStore.reserve(out, name)
+    path = store.path
     with progress:
-        task = progress.add_task(f"{spec.method} on {spec.backbone}", total=len(points))
+        task = progress.add_task(f"{spec.method} on {spec.backbone}", total=len(points) - len(done))
         for row in measured:
-            rows.append(row)
-            write_table(rows, path)
-    df = to_frame(rows)
+            store.add([row])  # read-merge-write under a lock: concurrent writers of this table lose nothing
+    store.reorder(hashes)
+    df = read_tables([str(path)]).drop(columns=["result_file"])
     console.print(render_rich(summary_table(df), title=f"{spec.method} on {spec.backbone} ({device_tag}, {spec.dtype}, batch {spec.batch})"))
     console.print("GFLOPs: 1 multiply-accumulate = 1 FLOP, per clip, per view (primary counter: torch.utils.flop_counter).")
     # sweep.py joins a row's notes with " | " (a single note may itself contain "; ")
@@ -325,6 +360,9 @@ def list_(as_json: bool = typer.Option(False, "--json", help="machine-readable o
                    knob.describe_range() if knob else "-",
                    "\n".join(f"{o.name}={o.default}" for o in c.options) or "-", supported, c.description)
     console.print(mt)
+
+
+from vidprune.cli_accuracy import register as _register_accuracy; _register_accuracy(app)  # noqa: E402,E702
 
 
 def main() -> None:

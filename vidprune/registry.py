@@ -68,6 +68,30 @@ class Option:
     grid: bool = True
 
 
+def parse_bool(value) -> bool:
+    """Option parser for true/false switches given on the command line or in YAML."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def choice(*allowed: str) -> Callable[[Any], str]:
+    """Option parser accepting one of `allowed` (case-insensitive)."""
+
+    def parse(value) -> str:
+        text = str(value).strip().lower()
+        if text not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
 @dataclass
 class BackboneSpec:
     name: str

@@ -13,19 +13,8 @@ from typing import Optional
 import torch
 
 from vidprune.methods.base import TokenMethod, parse_layers, resolve_layers
-from vidprune.registry import Knob, Option, register_method
+from vidprune.registry import Knob, Option, parse_bool, register_method
 from vidprune.tokens import TokenState, keep_count, keep_top
-
-
-def _parse_bool(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
 
 
 @register_method
@@ -35,7 +24,7 @@ class RandomDrop(TokenMethod):
     knob = Knob("rho", 0.7, 0.0, 1.0, "fraction of the current tokens kept at each pruning layer")
     options = (
         Option("layers", "auto", "1-based pruning layers; auto = EVAD's layers for this depth", str, grid=False),
-        Option("keyframe", False, "also protect the keyframe tokens, as EVAD does", _parse_bool),
+        Option("keyframe", False, "also protect the keyframe tokens, as EVAD does", parse_bool),
     )
     families = ("vit",)
 

@@ -34,7 +34,7 @@ from torch import nn
 from vidprune.backbones.clip import Transformer
 from vidprune.errors import VidpruneError
 from vidprune.methods.base import TokenMethod
-from vidprune.registry import Knob, Option, register_method
+from vidprune.registry import Knob, Option, choice, parse_bool, register_method
 
 UNTRAINED_NOTE = ("sllm: FFRes weights are untrained (cost is exact; accuracy needs a trained FFRes "
                   "checkpoint, trained with SLLM.restoration_loss)")
@@ -100,27 +100,6 @@ class FFRes(nn.Module):
         return out[:, :pairs], out[:, pairs:]
 
 
-def _parse_bool(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
-def _choice(*allowed: str):
-    def parse(value) -> str:
-        text = str(value).strip().lower()
-        if text not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}")
-        return text
-
-    return parse
-
-
 def _layers(value) -> int:
     v = int(value)
     if v < 1 or v != float(value):
@@ -139,12 +118,12 @@ class SLLM(TokenMethod):
                 low_inclusive=True, high_inclusive=False, integer=True)
     options = (
         Option("restore", True, "restore the skipped frames with FFRes (false: the head sees the encoded frames only)",
-               _parse_bool),
+               parse_bool),
         Option("tail", "copy", "skipped frames after the last encoded one: copy its feature, or drop them",
-               _choice("copy", "drop")),
+               choice("copy", "drop")),
         Option("ffres_layers", 3, "transformer layers in FFRes (Sec. 3.4: 3)", _layers),
         Option("loss", "kl", "restoration loss for training: kl (Eq. 10, minimisable form), cosine or mse",
-               _choice("kl", "cosine", "mse")),
+               choice("kl", "cosine", "mse")),
     )
     families = ("clip",)
     default_backbone = "clip-b32"

@@ -26,33 +26,12 @@ from torch import nn
 
 from vidprune.errors import VidpruneError
 from vidprune.methods.base import TokenMethod, parse_layers
-from vidprune.registry import Knob, Option, register_method
+from vidprune.registry import Knob, Option, choice, parse_bool, register_method
 from vidprune.tokens import TokenState, keep_count
 
 MERGE_MODES = ("two-stage", "spatial", "global")
 FILTERS = ("attention", "similarity", "none")
 PHI_KINDS = ("mlp", "linear")
-
-
-def _choice(*allowed: str):
-    def parse(value) -> str:
-        text = str(value).strip().lower()
-        if text not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}")
-        return text
-
-    return parse
-
-
-def _parse_bool(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
 
 
 def _alpha(value) -> float:
@@ -173,16 +152,16 @@ class STTM(TokenMethod):
         Option("layers", "auto", "1-based blocks after which STTM merges; auto = 6,9 for 12 blocks", str, grid=False),
         Option("merge", "two-stage", "two-stage: per frame at the first layer, spatio-temporal after; "
                "spatial: per frame at every layer; global: spatio-temporal at every layer (Table 5)",
-               _choice(*MERGE_MODES)),
+               choice(*MERGE_MODES)),
         Option("alpha", 1.5, "orthogonal-selection oversampling: alpha x L' candidates, filtered to L'", _alpha),
         Option("filter", "attention", "meta-token filter: attention (class token's attention, EViT), "
-               "similarity (dot product with the class token), none (Table 2)", _choice(*FILTERS)),
+               "similarity (dot product with the class token), none (Table 2)", choice(*FILTERS)),
         Option("motion", True, "aggregate position embeddings as motion and fuse [A, P]; false = appearance "
-               "only, no fusion layer (Table 1)", _parse_bool),
+               "only, no fusion layer (Table 1)", parse_bool),
         Option("phi", "mlp", "correspondence encoder: mlp (D-2D-D, matches the paper's parameter counts) or linear (D-D)",
-               _choice(*PHI_KINDS)),
+               choice(*PHI_KINDS)),
         Option("share", True, "one STTM module shared by all merge layers, as the paper states; false = one per layer",
-               _parse_bool),
+               parse_bool),
     )
     families = ("vit", "timesformer")
     default_backbone = "vit-b-cls"
