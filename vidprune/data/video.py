@@ -149,13 +149,18 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, quality: int
         stream = container.add_stream(codec, rate=Fraction(fps))
         stream.height, stream.width = frames.shape[1], frames.shape[2]
         stream.pix_fmt = "yuv420p"
+        # One encoder thread: x264's threaded encoding (frame threads, lookahead threads) makes the bytes,
+        # and so the decoded pixels, depend on thread timing; one thread makes a seed give one dataset.
+        stream.codec_context.thread_count = 1
         if codec == "libx264":
-            # one thread: the encoded bytes are then identical on every machine for a given seed
-            stream.options = {"crf": str(quality), "preset": "medium", "threads": "1"}
+            stream.options = {"crf": str(quality), "preset": "medium", "threads": "1",
+                              "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}
         else:
-            stream.options = {"qscale": "2"}
+            stream.options = {"qscale": "2", "threads": "1"}
         for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+            # a private copy per frame: the encoder may hold a frame (lookahead) after encode() returns
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array).copy(), format="rgb24")
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
