@@ -12,7 +12,7 @@ from vidprune.results import QUALITY_COLUMNS
 
 REFERENCE_METHOD = "none"
 _STATUS_ORDER = {"ok": 0, "reference": 1}
-_ROUND = {"keep": 3, "gflops": 2, "params_m": 2, "throughput": 1, "peak_mem_mib": 0}
+_ROUND = {"keep": 3, "gflops": 2, "params_m": 2, "throughput": 3, "peak_mem_mib": 0}
 # Rendered left-aligned; everything else right-aligned.
 _TEXT_COLUMNS = {"method", "backbone", "input", "status", "source"}
 
