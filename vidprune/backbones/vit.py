@@ -102,11 +102,13 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, attention: str):
+    """Pre-norm transformer block; other families reuse it with their own attention module."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, attention: str, attention_cls: type = None):
         super().__init__()
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.norm1 = norm(dim)
-        self.attn = Attention(dim, heads, attention)
+        self.attn = (attention_cls or Attention)(dim, heads, attention)
         self.norm2 = norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidprune.backbones.base import BackboneInfo
+from vidprune.backbones.vit import Block as VitBlock
 from vidprune.backbones.vit import Mlp, check_input_geometry
 from vidprune.errors import VidpruneError
 from vidprune.registry import register_backbone
@@ -126,14 +127,11 @@ class MaskedAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
-class Block(nn.Module):
+class Block(VitBlock):
+    """The joint ViT's block with the modality-masked attention."""
+
     def __init__(self, dim: int, heads: int, mlp_ratio: float, attention: str):
-        super().__init__()
-        norm = partial(nn.LayerNorm, eps=1e-6)
-        self.norm1 = norm(dim)
-        self.attn = MaskedAttention(dim, heads, attention)
-        self.norm2 = norm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        super().__init__(dim, heads, mlp_ratio, attention, attention_cls=MaskedAttention)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), mask)

@@ -157,9 +157,12 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, quality: int
                               "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}
         else:
             stream.options = {"qscale": "2", "threads": "1"}
+        frames = np.ascontiguousarray(frames)
         for array in frames:
-            # a private copy per frame: the encoder may hold a frame (lookahead) after encode() returns
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array).copy(), format="rgb24")
+            # Recent PyAV wraps the array's memory without copying, and the encoder keeps frames for its
+            # lookahead after encode() returns. Converting to yuv420p here gives every frame a buffer
+            # of its own while `frames` is still alive.
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(format="yuv420p")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
