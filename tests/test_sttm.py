@@ -22,13 +22,7 @@ SMALL_VIT = dict(frames=4, size=64)  # vit-s-cls at 4 frames x 4x4 patches: 65 t
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread contention on a busy 2-core machine (30x here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _clip(model, batch: int = 1, seed: int = 0) -> torch.Tensor:

@@ -11,13 +11,7 @@ from vidprune.measure.flops import count_flops, count_torch, example_input
 from vidprune.registry import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread contention on a busy 2-core machine (30x here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _clip(model, batch: int = 1, seed: int = 0) -> torch.Tensor:

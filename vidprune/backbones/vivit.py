@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidprune.backbones.base import BackboneInfo
+from vidprune.backbones.vit import Attention as VitAttention
 from vidprune.backbones.vit import Block as VitBlock
 from vidprune.backbones.vit import Mlp, check_input_geometry
 from vidprune.errors import VidpruneError
@@ -103,16 +104,9 @@ def cross_modal_mask(tokens_per_modality: Sequence[int]) -> torch.Tensor:
     return same | (is_cls.unsqueeze(1) & is_cls.unsqueeze(0))
 
 
-class MaskedAttention(nn.Module):
-    """Multi-head self-attention with an optional mask: bool (True = attend) or additive float."""
-
-    def __init__(self, dim: int, heads: int, attention: str = "sdpa"):
-        super().__init__()
-        self.heads = heads
-        self.scale = (dim // heads) ** -0.5
-        self.attention = attention
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
-        self.proj = nn.Linear(dim, dim)
+class MaskedAttention(VitAttention):
+    """The joint ViT's attention (same parameters and names) with an optional mask: bool (True = attend)
+    or additive float."""
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, n, d = x.shape

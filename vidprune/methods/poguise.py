@@ -26,7 +26,7 @@ from torch import nn
 
 from vidprune.errors import VidpruneError
 from vidprune.methods.base import TokenMethod, resolve_layers
-from vidprune.registry import Knob, Option, register_method
+from vidprune.registry import Knob, Option, parse_bool, register_method
 from vidprune.tokens import TokenState, keep_count
 
 # cls: PR(C), kappa = 1 (Top-K / EViT-style); pose: PR(P), kappa = 0; cls+pose: PO-GUISE's score;
@@ -78,20 +78,6 @@ def _choice(name: str, allowed: tuple[str, ...]):
         if text not in allowed:
             raise VidpruneError(f"{name}='{value}' is not one of {', '.join(allowed)}; e.g. --set {name}={allowed[0]}.")
         return text
-
-    return parse
-
-
-def _boolean(name: str):
-    def parse(value) -> bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise VidpruneError(f"{name}='{value}' must be true or false, e.g. --set {name}=false.")
 
     return parse
 
@@ -191,14 +177,14 @@ class POGUISE(TokenMethod):
         Option("score", "auto", "pruning score: cls+pose (PO-GUISE), cls (PR(C)), pose (PR(P)), mf (PR(MF), "
                                 "middle slice), auto = cls+pose with heatmap tokens, cls without",
                _choice("score", SCORES)),
-        Option("merge", True, "merge part of the discarded tokens (MG); false = pruning only", _boolean("merge")),
-        Option("heatmap", True, "heatmap (pose) tokens and head, HM(P); false = class token only", _boolean("heatmap")),
+        Option("merge", True, "merge part of the discarded tokens (MG); false = pruning only", parse_bool),
+        Option("heatmap", True, "heatmap (pose) tokens and head, HM(P); false = class token only", parse_bool),
         Option("hm_res", 8, "heatmap token map side: hm_res^2 pose tokens", _positive_int("hm_res", 8)),
         Option("landmarks", 25, "heatmap channels L (25 NTU, 13 Toyota-Smarthome)", _positive_int("landmarks", 25)),
         Option("similarity", "attention", "what the merge compares: attention (rows among the discarded tokens, "
                                           "Table 1) or features (Algorithm 1)", _choice("similarity", SIMILARITIES)),
         Option("decode_heatmaps", False, "run the heatmap head in the forward pass (and count it); the paper's "
-                                         "GFLOPs leave it out", _boolean("decode_heatmaps")),
+                                         "GFLOPs leave it out", parse_bool),
         Option("layers", "auto", "1-based selecting layers; auto = 4,7,10 for 12 blocks", str, grid=False),
     )
     families = ("vit",)
