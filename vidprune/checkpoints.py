@@ -1,5 +1,6 @@
 """Load pretrained weights into vidprune backbones: VideoMAE / VideoMAEv2 official `.pth` files, Hugging
-Face `transformers` VideoMAE files (safetensors or bin) and vidprune's own training checkpoints.
+Face `transformers` VideoMAE files (safetensors or bin), CLIP image towers (OpenAI, open_clip, Hugging Face
+CLIPModel) and vidprune's own training checkpoints.
 
 A checkpoint layout is a (detect, convert) pair registered per backbone family, so a new family (CLIP,
 TimeSformer, ...) plugs its layouts in with `register_layout` without touching this module's callers.
@@ -10,7 +11,8 @@ Position tables: the VideoMAE backbone uses a fixed 1-D sinusoid table over the 
 rebuilt for whatever grid the model is created with (exactly what VideoMAE does at another input size),
 so a checkpoint carries nothing to resize. A checkpoint with a *learned* table (`pos_embed` that is not
 the sinusoid) has it interpolated to the model's grid (bicubic in space per time slice, then linear in
-time) and written over the model's table.
+time) and written over the model's table. CLIP's learned table (class token + patch grid) is resized in
+2-D the way open_clip does it (bicubic, antialiased, class token kept).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -47,6 +50,14 @@ class RawCheckpoint:
 
 
 def _torch_load(path: Path, trust: bool) -> Any:
+    with warnings.catch_warnings():
+        # torch.load hands a TorchScript archive (OpenAI's CLIP release) to torch.jit.load with a warning;
+        # with trust that is what the user asked for, without it the error below says more
+        warnings.filterwarnings("ignore", message=".*TorchScript archive.*")
+        return _torch_load_quietly(path, trust)
+
+
+def _torch_load_quietly(path: Path, trust: bool) -> Any:
     if trust:
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
@@ -56,6 +67,11 @@ def _torch_load(path: Path, trust: bool) -> Any:
                 return torch.load(path, map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        if "TorchScript" in str(exc):
+            raise VidpruneError(
+                f"checkpoint '{path}' is a TorchScript archive (how OpenAI distributes CLIP). Reading one runs its "
+                "code, so vidprune does it only with --trust-checkpoint; or save its state_dict() to a plain file."
+            ) from None
         if "weights only" in str(exc).lower() or "weights_only" in str(exc):
             raise VidpruneError(
                 f"checkpoint '{path}' contains Python objects besides tensors, which vidprune does not unpickle "
@@ -144,8 +160,15 @@ class CheckpointLayout:
     family: str
     description: str
     detect: Callable[[dict], bool]
-    # state -> (state with the model's own names, notes). Position tables are left under `pos_embed`.
+    # state -> (state with the model's own names, notes). ViT position tables are left under `pos_embed`.
     convert: Callable[[dict], tuple[dict, list[str]]]
+    # (converted state, model, checkpoint metadata, notes): fits the state to the model's input geometry in
+    # place (a position table for another size) and the model to what the metadata says (CLIP's activation),
+    # before names and shapes are checked.
+    fit: Optional[Callable[[dict, nn.Module, dict, list], None]] = None
+    # Converted tensors whose shape follows the input size rather than the architecture: ignored when
+    # inferring the backbone, so a checkpoint trained at another resolution still names its backbone.
+    geometry_keys: tuple[str, ...] = ("pos_embed",)
 
 
 _LAYOUTS: dict[str, list[CheckpointLayout]] = {}
@@ -293,6 +316,158 @@ register_layout(CheckpointLayout(
     _is_hf_videomae, _convert_hf_videomae))
 
 
+# ------------------------------------------------------------------------------------------ CLIP
+
+_CLIP_POSITIONS = "visual.positional_embedding"
+# The text tower and the contrastive temperature of a full CLIP state dict (OpenAI, open_clip, ActionCLIP's
+# CLIP part), plus the three scalars OpenAI's TorchScript archive stores. vidprune keeps the image tower only.
+_CLIP_TEXT_TOWER = re.compile(r"^(token_embedding\.|positional_embedding$|transformer\.|ln_final\.|text_projection$|"
+                              r"logit_scale$|logit_bias$|text\.|attn_mask$|input_resolution$|context_length$|vocab_size$)")
+_HF_CLIP_TEXT_TOWER = re.compile(r"^(text_model\.|text_projection\.|logit_scale$|logit_bias$)")
+
+
+def _drop_text_tower(state: dict, pattern: re.Pattern, notes: list[str]) -> dict:
+    dropped = [k for k in state if pattern.match(k)]
+    if dropped:
+        notes.append(f"ignored {len(dropped)} text-tower tensors (vidprune uses CLIP's image tower only)")
+    return {k: v for k, v in state.items() if k not in dropped}
+
+
+def _is_openai_clip(state: dict) -> bool:
+    return any(re.match(r"^visual\.(conv1\.weight$|transformer\.resblocks\.\d+\.)", k) for k in state)
+
+
+def _convert_openai_clip(state: dict) -> tuple[dict, list[str]]:
+    from vidprune.backbones.clip import openai_to_vidprune
+
+    notes: list[str] = []
+    if any(k.startswith(("visual.layer1.", "visual.attnpool.")) for k in state):
+        raise VidpruneError("the checkpoint is a ResNet CLIP image tower (RN50 and similar); vidprune's clip "
+                            "backbones are ViTs: pass a ViT-B/32 or ViT-B/16 CLIP checkpoint.")
+    state = _drop_text_tower(dict(state), _CLIP_TEXT_TOWER, notes)
+    renamed = openai_to_vidprune(state)
+    if any(k.endswith("attn.in_proj_weight") for k in state):
+        notes.append("renamed nn.MultiheadAttention's in_proj_weight/in_proj_bias (q, k, v rows) to the qkv linear")
+    return renamed, notes
+
+
+_HF_CLIP_RENAMES = [
+    (r"^vision_model\.embeddings\.patch_embedding\.weight$", "visual.conv1.weight"),
+    (r"^vision_model\.embeddings\.class_embedding$", "visual.class_embedding"),
+    (r"^vision_model\.embeddings\.position_embedding\.weight$", _CLIP_POSITIONS),
+    # transformers spells it pre_layrnorm (kept for its own checkpoints); accept the corrected spelling too
+    (r"^vision_model\.pre_lay(?:e?r)norm\.", "visual.ln_pre."),
+    (r"^vision_model\.post_layernorm\.", "visual.ln_post."),
+    (r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"visual.transformer.resblocks.\1.attn.out_proj."),
+    (r"^vision_model\.encoder\.layers\.(\d+)\.layer_norm1\.", r"visual.transformer.resblocks.\1.ln_1."),
+    (r"^vision_model\.encoder\.layers\.(\d+)\.layer_norm2\.", r"visual.transformer.resblocks.\1.ln_2."),
+    (r"^vision_model\.encoder\.layers\.(\d+)\.mlp\.fc1\.", r"visual.transformer.resblocks.\1.mlp.c_fc."),
+    (r"^vision_model\.encoder\.layers\.(\d+)\.mlp\.fc2\.", r"visual.transformer.resblocks.\1.mlp.c_proj."),
+]
+
+
+def _is_hf_clip(state: dict) -> bool:
+    return any(re.match(r"^vision_model\.(embeddings\.patch_embedding\.|encoder\.layers\.\d+\.)", k) for k in state)
+
+
+def _convert_hf_clip(state: dict) -> tuple[dict, list[str]]:
+    notes: list[str] = []
+    state = _drop_text_tower(dict(state), _HF_CLIP_TEXT_TOWER, notes)
+    state.pop("vision_model.embeddings.position_ids", None)  # a buffer of 0..n-1, rebuilt by transformers
+    out: dict[str, torch.Tensor] = {}
+    attention: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        m = re.match(r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", key)
+        if m:
+            attention.setdefault(int(m.group(1)), {})[f"{m.group(2)}.{m.group(3)}"] = value
+            continue
+        if key == "visual_projection.weight":
+            # nn.Linear(width, embed_dim, bias=False) stores (embed_dim, width); CLIP's proj is x @ (width, embed_dim)
+            out["visual.proj"] = value.t().contiguous()
+            continue
+        for pattern, replacement in _HF_CLIP_RENAMES:
+            new, n = re.subn(pattern, replacement, key)
+            if n:
+                out[new] = value
+                break
+        else:
+            out[key] = value  # something unexpected, which the loader's check reports
+    if "visual.proj" not in out:
+        raise VidpruneError("the checkpoint has no visual_projection.weight (a bare CLIPVisionModel): vidprune's CLIP "
+                            "backbone ends in CLIP's projection to the joint embedding. Use CLIPModel or "
+                            "CLIPVisionModelWithProjection weights.")
+    for layer, parts in sorted(attention.items()):
+        for kind in ("weight", "bias"):
+            names = [f"{p}.{kind}" for p in "qkv"]
+            missing = [n for n in names if n not in parts]
+            if missing:
+                raise VidpruneError(f"layer {layer} of the checkpoint lacks self_attn.{missing[0].replace('.', '_proj.')}: "
+                                    "q, k and v projections come together.")
+            # OpenAI packs in_proj rows as [q; k; v], which is what our qkv linear splits
+            out[f"visual.transformer.resblocks.{layer}.attn.in_proj.{kind}"] = torch.cat([parts[n] for n in names])
+    if attention:
+        notes.append(f"concatenated q_proj/k_proj/v_proj into the qkv linear in {len(attention)} layers")
+    return out, notes
+
+
+def resize_clip_pos_table(table: torch.Tensor, side: int) -> torch.Tensor:
+    """CLIP's (1 + s*s, D) position table for a side x side patch grid: the class-token row as it is, the
+    patch rows as an s x s image resized bicubically with antialiasing (open_clip's resize_pos_embed)."""
+    n, d = table.shape
+    source = math.isqrt(n - 1) if n > 1 else 0
+    if source * source != n - 1:
+        raise VidpruneError(f"the checkpoint's CLIP position table has {n} rows, which is not a class token plus a "
+                            "square patch grid: it cannot be resized. Build the model at the checkpoint's --size.")
+    if source == side:
+        return table
+    grid = table[1:].float().reshape(1, source, source, d).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(side, side), mode="bicubic", antialias=True, align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(side * side, d).to(table.dtype)
+    return torch.cat([table[:1], grid])
+
+
+def _clip_config(meta: dict) -> dict:
+    """The vision part of a Hugging Face config.json (CLIPModel nests it under vision_config)."""
+    config = meta.get("hf_config") or {}
+    return config.get("vision_config") or config
+
+
+def _fit_clip(state: dict, model: nn.Module, meta: dict, notes: list[str], *, default_activation: Optional[str]) -> None:
+    table = state.get(_CLIP_POSITIONS)
+    ours = getattr(getattr(model, "visual", None), "positional_embedding", None)
+    if table is not None and ours is not None and table.dim() == 2 and table.shape != ours.shape \
+            and table.shape[1] == ours.shape[1]:
+        side = model.info.grid[1]
+        source = math.isqrt(table.shape[0] - 1)
+        state[_CLIP_POSITIONS] = resize_clip_pos_table(table, side)
+        notes.append(f"interpolated the CLIP position table from a {source}x{source} to a {side}x{side} patch grid "
+                     "(class token kept)")
+    if not hasattr(model, "set_activation"):
+        return
+    activation = meta.get("activation") or _clip_config(meta).get("hidden_act") or default_activation
+    if activation is None:
+        model.set_activation("quick_gelu")
+        notes.append("the checkpoint does not record its MLP activation: QuickGELU assumed (OpenAI CLIP, open_clip's "
+                     "'openai' and *-quickgelu weights); open_clip weights trained with GELU would give wrong features")
+        return
+    model.set_activation(str(activation))
+    if activation != "quick_gelu":
+        notes.append(f"the checkpoint's image tower uses {activation} instead of OpenAI's QuickGELU: the model follows it")
+
+
+register_layout(CheckpointLayout(
+    "openai-clip", "clip", "OpenAI CLIP / open_clip ViT state dicts (also ActionCLIP's and vidprune's own clip checkpoints)",
+    _is_openai_clip, _convert_openai_clip,
+    fit=lambda state, model, meta, notes: _fit_clip(state, model, meta, notes, default_activation=None),
+    geometry_keys=(_CLIP_POSITIONS,)))
+register_layout(CheckpointLayout(
+    "hf-clip", "clip", "Hugging Face transformers CLIPModel / CLIPVisionModelWithProjection (safetensors or bin)",
+    _is_hf_clip, _convert_hf_clip,
+    # transformers' CLIPVisionConfig defaults hidden_act to quick_gelu and config.json omits defaults
+    fit=lambda state, model, meta, notes: _fit_clip(state, model, meta, notes, default_activation="quick_gelu"),
+    geometry_keys=(_CLIP_POSITIONS,)))
+
+
 # ------------------------------------------------------------------------------------ position tables
 
 
@@ -404,6 +579,8 @@ def load_checkpoint(model: nn.Module, source: str | Path | dict | RawCheckpoint,
     layout = detect_layout(raw.state, family)
     state, notes = layout.convert(raw.state)
     notes = list(notes)
+    if layout.fit is not None:
+        layout.fit(state, model, raw.meta, notes)
     table = state.pop("pos_embed", None)
     if raw.meta.get("hf_config"):
         _check_hf_config(model, raw.meta["hf_config"])
@@ -421,7 +598,10 @@ def load_checkpoint(model: nn.Module, source: str | Path | dict | RawCheckpoint,
         for key in method_keys - method_expected:
             state.pop(key)
     shapes = {k for k in provided & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape)}
-    head_keys = {k for k in expected if k.startswith("head.")}
+    # Parts a pre-trained encoder lacks and fine-tuning starts from scratch: the classifier, and for some
+    # families more (CLIP: the temporal fusion head).
+    head_prefixes = tuple(getattr(model, "checkpoint_head_prefixes", ("head.",)))
+    head_keys = {k for k in expected if k.startswith(head_prefixes)}
     head_ok = head_keys <= provided and not (head_keys & shapes)
     body_fits = not (missing - head_keys) and not unexpected and not (shapes - head_keys)
     ckpt_classes = int(state["head.weight"].shape[0]) if "head.weight" in state else None
@@ -429,15 +609,21 @@ def load_checkpoint(model: nn.Module, source: str | Path | dict | RawCheckpoint,
     other_classes = ("head.weight" in shapes and ckpt_classes != model_classes
                      and state["head.weight"].shape[1:] == expected["head.weight"].shape[1:])
     if head == "optional" and body_fits and not head_ok:
-        if other_classes:
-            notes.append(f"the checkpoint's classifier has {ckpt_classes} classes, the model {model_classes}: "
-                         "classifier left at its initialisation")
-        else:
-            notes.append("the checkpoint has no classifier: classifier left at its initialisation")
-        for k in head_keys:
-            state.pop(k, None)
-        missing -= head_keys
-        shapes -= head_keys
+        for prefix in head_prefixes:
+            group = {k for k in head_keys if k.startswith(prefix)}
+            if not group or (group <= provided and not group & shapes):
+                continue  # this part is complete in the checkpoint: keep it
+            if prefix == "head." and other_classes:
+                notes.append(f"the checkpoint's classifier has {ckpt_classes} classes, the model {model_classes}: "
+                             "classifier left at its initialisation")
+            elif prefix == "head.":
+                notes.append("the checkpoint has no classifier: classifier left at its initialisation")
+            else:
+                notes.append(f"the checkpoint has no {prefix.rstrip('.')} weights: left at their initialisation")
+            for k in group:
+                state.pop(k, None)
+            missing -= group
+            shapes -= group
     elif head == "require" and body_fits and other_classes:
         raise VidpruneError(
             f"the checkpoint's classifier has {ckpt_classes} classes but the model has {model_classes}: pass "
@@ -460,7 +646,8 @@ def load_checkpoint(model: nn.Module, source: str | Path | dict | RawCheckpoint,
         name = getattr(model, "backbone_name", type(model).__name__)
         raise VidpruneError(
             f"checkpoint {raw.path or '(in memory)'} ({layout.name} layout) does not fit backbone '{name}': "
-            + "; ".join(parts) + ". Pick the backbone the checkpoint was trained as (e.g. --backbone vit-b)."
+            + "; ".join(parts) + ". Pick the backbone the checkpoint was trained as (e.g. --backbone "
+            + {"clip": "clip-b16"}.get(family, "vit-b") + ")."
         )
     with torch.no_grad():
         model.load_state_dict(state, strict=False)
@@ -469,7 +656,9 @@ def load_checkpoint(model: nn.Module, source: str | Path | dict | RawCheckpoint,
     if method_expected and not (method_keys & method_expected):
         notes.append("the checkpoint has no weights for the method's own parameters: they keep their initialisation")
     classes = int(state["head.weight"].shape[0]) if "head.weight" in state else None
-    return LoadReport(layout.name, raw.path, len(state), notes, head_ok and "head.weight" in state, classes)
+    classifier = {k for k in expected if k.startswith("head.")}
+    head_loaded = bool(classifier) and classifier <= set(state)
+    return LoadReport(layout.name, raw.path, len(state), notes, head_loaded, classes)
 
 
 def method_state(source: str | Path | dict | RawCheckpoint, trust: bool = False) -> dict[str, torch.Tensor]:
@@ -481,6 +670,7 @@ def method_state(source: str | Path | dict | RawCheckpoint, trust: bool = False)
 
 def _check_hf_config(model: nn.Module, config: dict) -> None:
     """Head count and patch geometry are not visible in the weights: check them against config.json."""
+    config = config.get("vision_config") or config  # CLIPModel nests the image tower's settings
     info = model.info
     checks = [("num_attention_heads", info.heads, "heads"), ("tubelet_size", info.tubelet, "tubelet"),
               ("patch_size", info.patch, "patch size")]
@@ -495,8 +685,10 @@ def infer_backbone(state: dict, family: str = "vit") -> Optional[str]:
     device, so trying vit-l costs nothing), or None."""
     from vidprune import registry
 
-    converted, _ = detect_layout(state, family).convert(state)
-    converted.pop("pos_embed", None)
+    layout = detect_layout(state, family)
+    converted, _ = layout.convert(state)
+    for key in layout.geometry_keys:
+        converted.pop(key, None)
     for name, spec in registry.backbones().items():
         if spec.family != family:
             continue
@@ -505,7 +697,8 @@ def infer_backbone(state: dict, family: str = "vit") -> Optional[str]:
                 candidate = spec.build(classes=1, **spec.defaults)
         except Exception:  # a backbone that cannot build on meta is simply not a candidate
             continue
-        ours = {k: v.shape for k, v in candidate.state_dict().items() if not k.startswith(("head.", "method."))}
+        ours = {k: v.shape for k, v in candidate.state_dict().items()
+                if not k.startswith(("head.", "method.")) and k not in layout.geometry_keys}
         theirs = {k: v.shape for k, v in converted.items() if not k.startswith(("head.", "method."))}
         if ours == theirs:
             return name

@@ -180,7 +180,9 @@ class Trainer:
                 "keep": getattr(self.model.method, "keep", None), "options": self.config.options,
                 "frames": info.frames, "size": info.size, "grid": list(info.grid), "classes": self.classes,
                 "class_names": self.train_list.class_names, "normalization": self.normalization,
-                "sampling": self.sampler_name}
+                "sampling": self.sampler_name,
+                # CLIP weights may come with GELU or QuickGELU; reloading must use the one trained with
+                **({"activation": self.model.activation} if hasattr(self.model, "activation") else {})}
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ Module names follow OpenAI CLIP (`visual.conv1`, `visual.class_embedding`, `visu
 `fusion_model.transformer.resblocks.N`). The one difference is the attention input projection: CLIP keeps
 it as the raw parameters `attn.in_proj_weight` / `attn.in_proj_bias` of `nn.MultiheadAttention`; here it
 is one qkv `nn.Linear` named `attn.in_proj` (the fused `nn.MultiheadAttention` fast path is invisible to
-FLOP counters). `openai_to_vidprune` renames a CLIP/ActionCLIP state dict accordingly.
+FLOP counters). `openai_to_vidprune` renames a CLIP/ActionCLIP state dict accordingly; `vidprune/checkpoints.py`
+loads OpenAI, open_clip and Hugging Face CLIP files with it (text tower ignored, position table resized).
 
 Frame methods (SLLM) decide which frames reach the image encoder and what the head sees instead of the
 others. The backbone asks the method, when it has them, for
@@ -66,6 +67,12 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+# OpenAI's CLIP was trained with QuickGELU; open_clip's own (non-OpenAI) ViTs and some Hugging Face CLIP
+# models with the exact GELU. The weights look the same either way, so the loader sets it from what the
+# checkpoint says (Hugging Face `hidden_act`); the names are transformers' `hidden_act` values.
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one qkv projection, fused (`sdpa`) or explicit (`math`)."""
 
@@ -100,13 +107,14 @@ class Attention(nn.Module):
 class ResidualAttentionBlock(nn.Module):
     """CLIP's pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)), MLP ratio 4 with QuickGELU."""
 
-    def __init__(self, dim: int, heads: int, attention: str = "sdpa"):
+    def __init__(self, dim: int, heads: int, attention: str = "sdpa", activation: str = "quick_gelu"):
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, attention)
         self.ln_2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(dim, 4 * dim)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(4 * dim, dim)),
+            ("c_fc", nn.Linear(dim, 4 * dim)), ("gelu", ACTIVATIONS[activation]()),
+            ("c_proj", nn.Linear(4 * dim, dim)),
         ]))
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -196,6 +204,9 @@ class CLIPVideo(nn.Module):
     """Frame-level CLIP video model: image tower per frame, frame method, temporal head, classifier."""
 
     family = "clip"
+    # What a pre-trained CLIP image tower does not contain, so that `vidprune train --checkpoint` starts
+    # them from their initialisation (vidprune/checkpoints.py): the classifier and ActionCLIP's fusion head.
+    checkpoint_head_prefixes = ("head.", "fusion_model.")
 
     def __init__(self, width: int, layers: int, heads: int, patch: int, embed_dim: int = 512,
                  frames: int = 8, size: int = 224, classes: int = 400, attention: str = "sdpa",
@@ -225,6 +236,20 @@ class CLIPVideo(nn.Module):
 
     def set_method(self, method: nn.Module) -> None:
         self.method = method
+
+    @property
+    def activation(self) -> str:
+        """The image tower's MLP activation: 'quick_gelu' (OpenAI CLIP, the default) or 'gelu'."""
+        act = self.visual.transformer.resblocks[0].mlp.gelu if self.info.depth else None
+        return next((name for name, cls in ACTIVATIONS.items() if type(act) is cls), "quick_gelu")
+
+    def set_activation(self, name: str) -> None:
+        """Use `name` ('quick_gelu' or 'gelu') in every image-tower MLP, to match the loaded weights."""
+        if name not in ACTIVATIONS:
+            raise VidpruneError(f"CLIP activation '{name}' is not supported (supported: {', '.join(ACTIVATIONS)}): "
+                                "vidprune's CLIP image tower cannot reproduce these weights.")
+        for block in self.visual.transformer.resblocks:
+            block.mlp.gelu = ACTIVATIONS[name]()
 
     def input_shape(self, batch: int = 1) -> tuple[int, ...]:
         return (batch, 3, self.info.frames, self.info.size, self.info.size)
