@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import vidprune
+from vidprune import cli_accuracy
 from vidprune.errors import VidpruneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -29,6 +30,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 # Off a terminal (pipes, CI logs, tests) Rich would wrap tables at 80 columns and squeeze them unreadable.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def progress_bar() -> "Progress":
+    """The progress display of long passes over data (eval, train, sweep --data), on stderr."""
+    from rich.progress import MofNCompleteColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False)
 
 
 def user_errors(fn):
@@ -73,6 +82,17 @@ def _csv_list(text: Optional[str]) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
+# Execution options `sweep` and `profile` share.
+AUTOCAST_OPTION = typer.Option(False, "--autocast", help="keep fp32 weights and run under torch.autocast in --dtype "
+                               "(default: cast the weights to --dtype)")
+COMPILE_OPTION = typer.Option(False, "--compile", help="torch.compile each model before timing (the warm-up compiles "
+                              "every token-count shape)")
+POWER_OPTION = typer.Option(False, "--power", help="average watts and joules per clip over a timed window (NVML on "
+                            "NVIDIA GPUs, tegrastats on Jetson)")
+PEAK_OPTION = typer.Option(False, "--peak", help="achieved FLOP/s as a fraction of a GEMM microbenchmark in --dtype "
+                           "(column peak_fraction)")
+
+
 @app.command()
 @user_errors
 def sweep(
@@ -106,15 +126,35 @@ def sweep(
                                                 "needs, e.g. jetson=1"),
     slurm_option: Optional[List[str]] = typer.Option(None, "--slurm-option", help="submitit parameter key=value "
                                                      "(repeatable), e.g. slurm_partition=gpu, timeout_min=120"),
+    autocast: bool = AUTOCAST_OPTION,
+    compile_: bool = COMPILE_OPTION,
+    power: bool = POWER_OPTION,
+    peak: bool = PEAK_OPTION,
+    fidelity_clips: Optional[int] = typer.Option(None, "--fidelity-clips", help="generated clips for agreement/kl/"
+                                                 "cosine when no --data (default 4 on CPU, 32 on GPU)"),
+    data: Optional[Path] = cli_accuracy.DATA_OPTION,
+    root: Optional[Path] = cli_accuracy.ROOT_OPTION,
+    checkpoint: Optional[Path] = cli_accuracy.CHECKPOINT_OPTION,
+    sampling: str = cli_accuracy.SAMPLING_OPTION,
+    stride: int = cli_accuracy.STRIDE_OPTION,
+    clips: int = cli_accuracy.CLIPS_OPTION,
+    crops: int = cli_accuracy.CROPS_OPTION,
+    short_side: Optional[int] = cli_accuracy.SHORT_SIDE_OPTION,
+    norm: str = cli_accuracy.NORM_OPTION,
+    eval_batch: int = typer.Option(4, "--eval-batch", help="videos per forward pass on --data"),
+    workers: int = cli_accuracy.WORKERS_OPTION,
+    limit: Optional[int] = cli_accuracy.LIMIT_OPTION,
+    trust_checkpoint: bool = cli_accuracy.TRUST_OPTION,
 ) -> None:
-    """Measure the unpruned reference and one row per knob value; write a tidy table."""
+    """Measure the unpruned reference and one row per knob value; write a tidy table. With --data (and
+    --checkpoint) the same table gets top-1/top-5 accuracy and fidelity on that dataset."""
     from vidprune import registry
     from vidprune.executors import EXECUTORS, REMOTE_EXECUTORS, parse_resources, parse_slurm_options
     from vidprune.recipes import load_recipe
     from vidprune.report.tables import render_rich, summary_table
     from vidprune.results import read_tables, result_filename
     from vidprune.store import ResultStore
-    from vidprune.sweep import SweepSpec, config_hash, expand_points, parse_keeps, parse_set, run_sweep
+    from vidprune.sweep import ALL_METRICS, SweepSpec, config_hash, expand_points, parse_keeps, parse_set, run_sweep
 
     if fmt not in ("csv", "parquet"):
         raise VidpruneError(f"--format must be csv or parquet, got '{fmt}'.")
@@ -134,9 +174,9 @@ def sweep(
     base: dict = {}
     references: list = []
     if recipe is not None:
-        data = load_recipe(recipe)
-        base = dict(data["sweep"])
-        references = data["references"]
+        loaded = load_recipe(recipe)
+        base = dict(loaded["sweep"])
+        references = loaded["references"]
         if "keep" in base:
             base["keeps"] = parse_keeps(",".join(str(k) for k in base.pop("keep")) if isinstance(base["keep"], list)
                                         else str(base.pop("keep")))
@@ -146,7 +186,9 @@ def sweep(
     if method is None and "method" not in base:
         raise VidpruneError("no method given. Use --method evad (see `vidprune list`) or --recipe recipes/<file>.yaml.")
     overrides = dict(method=method, backbone=backbone, frames=frames, size=size, classes=classes, batch=batch,
-                     device=device, dtype=dtype, attention=attention, repeats=repeats, warmup=warmup, seed=seed)
+                     device=device, dtype=dtype, attention=attention, repeats=repeats, warmup=warmup, seed=seed,
+                     autocast=autocast or None, compile=compile_ or None, power=power or None, peak=peak or None,
+                     fidelity_clips=fidelity_clips)
     base.update({k: v for k, v in overrides.items() if v is not None})
     if keep is not None:
         base["keeps"] = parse_keeps(keep)
@@ -157,6 +199,21 @@ def sweep(
     method_cls = registry.get_method(base["method"])
     if set_:
         base.setdefault("options", {}).update(parse_set(set_, method_cls))
+    setup = None
+    if data is not None or root is not None:
+        # The dataset decides backbone (from the checkpoint), geometry and classes unless flags say otherwise.
+        setup = cli_accuracy.open_dataset(
+            data=data, root=root, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint, method_cls=method_cls,
+            backbone=base.get("backbone"), frames=base.get("frames"), size=base.get("size"),
+            classes=base.get("classes"), attention=base.get("attention", "sdpa"), seed=base.get("seed", 0),
+            warn=lambda t: err_console.print(f"[yellow]warning:[/yellow] {escape(t)}", soft_wrap=True),
+            say=lambda t: console.print(escape(t)))
+        base.update(backbone=setup.backbone, frames=setup.frames, size=setup.size, classes=setup.classes)
+        # fidelity comes from the dataset pass, on real clips, instead of generated ones
+        base["metrics"] = tuple(m for m in base.get("metrics", ALL_METRICS) if m != "fidelity")
+    elif checkpoint is not None:
+        raise VidpruneError("--checkpoint in a sweep needs a dataset to evaluate on: add --data LIST --root DIR "
+                            "(or use `vidprune eval`).")
     spec = SweepSpec(**base, references=references, recipe=str(recipe) if recipe else None)
     registry.get_backbone(spec.backbone)
     points = expand_points(spec)
@@ -192,12 +249,25 @@ def sweep(
     # run_sweep checks every point (metrics, repeats, dtype, layers, ...) when called: do that before the
     # progress bar starts, so a bad flag prints just its one error line.
     measured = run_sweep(spec, on_row=on_row, executor=executor, skip=done, executor_options=executor_options)
+    dataset_columns: dict = {}
+    if setup is not None:
+        from vidprune.measure.device import resolve_dtype
+
+        todo = [p for p in points if config_hash(spec, p) not in done]
+        result = cli_accuracy.evaluate_dataset(
+            setup, todo, device=resolve_device(spec.device), dtype=resolve_dtype(spec.dtype), seed=spec.seed,
+            sampling=sampling, stride=stride, clips=clips, crops=crops, short_side=short_side, norm=norm,
+            batch=eval_batch, workers=workers, limit=limit, progress_bar=progress_bar, warn=lambda t: err_console.print(
+                f"[yellow]warning:[/yellow] {escape(t)}", soft_wrap=True))
+        dataset_columns = {config_hash(spec, p): c for p, c in zip(todo, result.columns)}
     if store is None:
         store = ResultStore.reserve(out, name)
     path = store.path
     with progress:
         task = progress.add_task(f"{spec.method} on {spec.backbone}", total=len(points) - len(done))
         for row in measured:
+            if row.get("config_hash") in dataset_columns:
+                row = cli_accuracy.dataset_row(row, setup, result, dataset_columns[row["config_hash"]])
             store.add([row])  # read-merge-write under a lock: concurrent writers of this table lose nothing
     store.reorder(hashes)
     df = read_tables([str(path)]).drop(columns=["result_file"])
@@ -220,7 +290,7 @@ def sweep(
 def profile(
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="backbone (default: the method's, vit-b for none/evad)"),
     method: str = typer.Option("none", "--method", "-m", help="method in place (default none)"),
-    keep: Optional[float] = typer.Option(None, "--keep", "-k", help="knob value (default: the method's default)"),
+    keep: Optional[str] = typer.Option(None, "--keep", "-k", help="knob value (default: the method's default)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="method option name=value (repeatable)"),
     frames: Optional[int] = typer.Option(None, "--frames"),
     size: Optional[int] = typer.Option(None, "--size"),
@@ -230,17 +300,28 @@ def profile(
     attention: str = typer.Option("sdpa", "--attention", help="sdpa | math"),
     repeats: Optional[int] = typer.Option(None, "--repeats"),
     warmup: Optional[int] = typer.Option(None, "--warmup"),
+    autocast: bool = AUTOCAST_OPTION,
+    compile_: bool = COMPILE_OPTION,
+    power: bool = POWER_OPTION,
+    peak: bool = PEAK_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON instead of tables"),
 ) -> None:
-    """Show the device and environment, then GFLOPs, params, latency, memory and throughput of one model."""
+    """Show the device and environment, then GFLOPs, params, latency, memory, throughput and fidelity of one
+    model; with --peak, the device's GEMM throughput and the fraction of it the model achieves."""
     from vidprune import registry
-    from vidprune.sweep import Point, Runner, SweepSpec, parse_set
+    from vidprune.sweep import Point, Runner, SweepSpec, parse_keeps, parse_set
 
     method_cls = registry.get_method(method)
     options = {k: v[0] for k, v in parse_set(set_ or [], method_cls).items()}
+    if keep is not None:
+        values = parse_keeps(keep)
+        if len(values) != 1:
+            raise VidpruneError(f"profile measures one point: --keep takes one value, got '{keep}'. "
+                                "Use `vidprune sweep` for several.")
+        keep = values[0]
     spec = SweepSpec(method=method, keeps=[keep] if keep is not None else [], backbone=backbone, frames=frames,
                      size=size, batch=batch, device=device, dtype=dtype, attention=attention, repeats=repeats,
-                     warmup=warmup)
+                     warmup=warmup, autocast=autocast, compile=compile_, power=power, peak=peak)
     if method_cls.knob is not None:
         keep = method_cls.knob.validate(method_cls.knob.default if keep is None else keep)
     registry.parse_options(method_cls, options)
@@ -252,8 +333,10 @@ def profile(
     backbone = spec.backbone
     with console.status(f"measuring {backbone} with {method} on {runner.device}...") if not as_json else _null():
         row = runner.measure(point)
+    peak_result = runner.peak() if peak else None
     if as_json:
-        print(json.dumps({"environment": runner.environment, "result": row}, default=str, indent=2))
+        extra = {"peak": {"macs_per_s": peak_result.macs_per_s, "size": peak_result.size}} if peak_result else {}
+        print(json.dumps({"environment": runner.environment, "result": row, **extra}, default=str, indent=2))
     else:
         env = Table(title="environment", show_header=False)
         for key, value in runner.environment.items():
@@ -268,9 +351,18 @@ def profile(
                                    ("latency_iqr_ms", "latency IQR (ms)", "{:.2f}"),
                                    ("peak_mem_mib", "peak memory added (MiB)", "{:.1f}"),
                                    ("throughput", "throughput (clips/s)", "{:.2f}"),
-                                   ("throughput_batch", "batch", "{}"), ("tokens_per_block", "tokens per block", "{}")]:
+                                   ("throughput_batch", "batch", "{}"), ("tokens_per_block", "tokens per block", "{}"),
+                                   ("agreement", "agreement with unpruned (generated clips)", "{:.3f}"),
+                                   ("kl", "KL to unpruned (nats)", "{:.4f}"), ("cosine", "feature cosine to unpruned", "{:.4f}"),
+                                   ("power_w", "average power (W)", "{:.1f}"),
+                                   ("energy_j_per_clip", "energy per clip (J)", "{:.3f}"),
+                                   ("power_source", "power source", "{}"),
+                                   ("peak_fraction", "achieved / peak GEMM FLOP/s", "{:.1%}")]:
             if row.get(key) is not None:
                 res.add_row(label, fmtstr.format(row[key]))
+        if peak_result is not None:
+            res.add_row(f"peak GEMM ({peak_result.size}^3, {row['dtype']})",
+                        f"{peak_result.macs_per_s / 1e9:.1f} GMAC/s (1 MAC = 1 FLOP)")
         res.add_row("status", escape(row["status"] + (f": {row['error']}" if row["error"] else "")))
         console.print(res)
     if row["status"] != "ok":
@@ -362,7 +454,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="machine-readable o
     console.print(mt)
 
 
-from vidprune.cli_accuracy import register as _register_accuracy; _register_accuracy(app)  # noqa: E402,E702
+cli_accuracy.register(app)
 
 
 def main() -> None:

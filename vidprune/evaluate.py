@@ -58,8 +58,12 @@ def features_and_logits(model: nn.Module, video) -> tuple[Optional[torch.Tensor]
     return None, logits
 
 
-def _flatten_views(videos: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """(B, V, C, T, H, W) -> (B*V, C, T, H, W); a (B, C, T, H, W) batch is one view."""
+def _flatten_views(videos) -> tuple[torch.Tensor, int, int]:
+    """(B, V, C, T, H, W) -> (B*V, C, T, H, W); a (B, C, T, H, W) batch is one view, and so is a
+    multi-modal input (a dict or tuple of tensors, e.g. RGB + depth + skeleton)."""
+    if not isinstance(videos, torch.Tensor):
+        first = next(iter(videos.values())) if isinstance(videos, dict) else videos[0]
+        return videos, first.shape[0], 1
     if videos.dim() == 6:
         b, v = videos.shape[:2]
         return videos.flatten(0, 1), b, v
@@ -211,11 +215,13 @@ def fidelity_to_unpruned(model: nn.Module, clips, seed: int = 0) -> dict:
     return meter.result()
 
 
-def _to_model(model: nn.Module, videos: torch.Tensor) -> torch.Tensor:
+def _to_model(model: nn.Module, videos):
+    from vidprune.measure.flops import _to
+
     param = next(model.parameters(), None)
     if param is None:
         return videos
-    return videos.to(device=param.device, dtype=param.dtype if videos.is_floating_point() else videos.dtype)
+    return _to(videos, param.device, param.dtype)
 
 
 def generated_clips(model: nn.Module, count: int = 8, batch: int = 4, seed: int = 0) -> list[torch.Tensor]:

@@ -16,11 +16,16 @@ from vidprune.errors import VidpruneError
 # One row per measured point. Order is the order of the CSV columns.
 COLUMNS: list[str] = [
     "method", "backbone", "knob", "keep", "options", "frames", "size", "batch", "throughput_batch",
-    "device", "device_name", "dtype", "attention",
+    "device", "device_name", "dtype", "autocast", "attention", "compile",
     "gflops", "gflops_fvcore", "gflops_thop", "gflops_counter", "flops_convention", "counters_agree",
     "params_m", "tokens_per_block", "tokens_final",
     "latency_ms", "latency_iqr_ms", "latency_mean_ms", "repeats", "warmup", "noisy",
     "peak_mem_mib", "peak_mem_method", "throughput",
+    # Realized vs theoretical savings, each against the unpruned row of the same table and setting.
+    "speedup_flops", "speedup_latency",
+    # Label-free fidelity to the unpruned model (vidprune.evaluate), on dataset clips or generated ones.
+    "agreement", "kl", "cosine", "fidelity_clips", "fidelity_source",
+    "power_w", "energy_j_per_clip", "power_source", "peak_fraction",
     "source", "reference_note",
     "status", "error", "notes",
     "seed", "vidprune_version", "torch_version", "git_sha", "timestamp",
@@ -29,13 +34,19 @@ COLUMNS: list[str] = [
 ]
 
 TEXT_COLUMNS = ("git_sha", "options", "tokens_per_block", "error", "notes", "reference_note", "source",
-                "config_hash")
+                "config_hash", "fidelity_source", "power_source")
 
 # The columns `vidprune plot` may put on an axis, with the direction that is better.
 COST_COLUMNS = {"gflops": "min", "gflops_fvcore": "min", "gflops_thop": "min", "params_m": "min",
                 "latency_ms": "min", "peak_mem_mib": "min", "tokens_final": "min"}
-QUALITY_COLUMNS = {"accuracy": "max", "top1": "max", "top5": "max", "agreement": "max",
-                   "throughput": "max", "map": "max"}
+QUALITY_COLUMNS = {"accuracy": "max", "top1": "max", "top5": "max", "agreement": "max", "cosine": "max",
+                   "mean_class_accuracy": "max", "throughput": "max", "map": "max",
+                   "speedup_flops": "max", "speedup_latency": "max"}
+COST_COLUMNS.update({"kl": "min", "energy_j_per_clip": "min", "power_w": "min"})
+
+# A row's speedups are against the unpruned (`none`) row measured under the same conditions.
+REFERENCE_METHOD = "none"
+SPEEDUP_GROUP = ("backbone", "frames", "size", "batch", "device", "dtype", "autocast", "attention", "compile")
 
 FLOPS_CONVENTION = "1 MAC = 1 FLOP, per clip, per view"
 
@@ -59,11 +70,57 @@ def to_frame(rows: Sequence[dict]) -> pd.DataFrame:
     return df[COLUMNS + extra]
 
 
+def _group_key(row: pd.Series, keys: Sequence[str]) -> tuple:
+    out = []
+    for key in keys:
+        value = row.get(key)
+        if value is None or (not isinstance(value, str) and pd.isna(value)):
+            out.append(None)
+        elif isinstance(value, (int, float)) and float(value).is_integer():
+            out.append(float(value))  # 8 and 8.0 (a CSV round trip) are the same batch
+        else:
+            out.append(str(value).strip().lower() if isinstance(value, (str, bool)) else value)
+    return tuple(out)
+
+
+def add_speedups(df: pd.DataFrame) -> pd.DataFrame:
+    """Fill speedup_flops (reference GFLOPs / GFLOPs) and speedup_latency (reference latency / latency)
+    for every row that has an unpruned row (method `none`, status ok, or status reference for paper rows)
+    with the same backbone, geometry, batch, device, dtype and attention. Rows without one stay empty:
+    a speedup against a reference measured differently would be a wrong number."""
+    df = df.copy()
+    for col in ("speedup_flops", "speedup_latency"):
+        if col not in df.columns:
+            df[col] = pd.NA
+    if df.empty or "method" not in df.columns:
+        return df
+    keys = [k for k in SPEEDUP_GROUP if k in df.columns]
+    status = df["status"].astype(str).str.lower() if "status" in df.columns else pd.Series("ok", index=df.index)
+    references: dict = {}
+    for index, row in df[(df["method"].astype(str) == REFERENCE_METHOD) & status.isin(["ok", "reference"])].iterrows():
+        references.setdefault((status[index], _group_key(row, keys)), row)
+    for metric, column in (("gflops", "speedup_flops"), ("latency_ms", "speedup_latency")):
+        if metric not in df.columns:
+            continue
+        values = pd.to_numeric(df[metric], errors="coerce")
+        reference_values = {key: pd.to_numeric(pd.Series([row[metric]]), errors="coerce").iloc[0]
+                            for key, row in references.items()}
+        speedups = []
+        for index, row in df.iterrows():
+            ref_value = reference_values.get((status[index], _group_key(row, keys)), float("nan"))
+            value = values[index]
+            usable = pd.notna(ref_value) and pd.notna(value) and value > 0
+            speedups.append(float(ref_value) / float(value) if usable else float("nan"))
+        df[column] = speedups
+    return df
+
+
 def write_table(rows: Sequence[dict], path: Path) -> Path:
-    """Write atomically (temp file + rename) so a killed sweep never leaves a half-written table."""
+    """Write atomically (temp file + rename) so a killed sweep never leaves a half-written table.
+    Speedup columns are (re)computed from the rows on every write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df = to_frame(rows)
+    df = add_speedups(to_frame(rows))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     # mkstemp creates 0600; a results table in a shared folder should be readable like any other file.
@@ -120,6 +177,8 @@ def read_tables(patterns: Iterable[str]) -> pd.DataFrame:
             raise VidpruneError(
                 f"'{path}' is not a vidprune result table (missing columns: {', '.join(missing)})."
             )
+        if "speedup_flops" not in df.columns or pd.to_numeric(df["speedup_flops"], errors="coerce").isna().all():
+            df = add_speedups(df)  # tables written before the speedup columns existed
         df["result_file"] = str(path)
         frames.append(df)
     return pd.concat(frames, ignore_index=True)

@@ -7,6 +7,7 @@ is rewritten atomically after every point, so nothing finished is ever lost.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -32,9 +33,16 @@ from vidprune.measure.throughput import is_out_of_memory, run_with_batch_backoff
 from vidprune.measure.timing import measure_latency
 from vidprune.results import FLOPS_CONVENTION
 
-ALL_METRICS = ("flops", "params", "latency", "memory", "throughput")
+ALL_METRICS = ("flops", "params", "latency", "memory", "throughput", "fidelity")
 DEFAULT_REPEATS = {"cpu": 5, "cuda": 30}
 DEFAULT_WARMUP = {"cpu": 2, "cuda": 10}
+# Generated clips for label-free fidelity when no dataset is given: enough to see a method move the model,
+# few enough that the default CPU sweep stays quick.
+DEFAULT_FIDELITY_CLIPS = {"cpu": 4, "cuda": 32}
+# torch.compile backend for --compile (inductor unless set; tests use "eager" to skip code generation).
+COMPILE_BACKEND_ENV = "VIDPRUNE_COMPILE_BACKEND"
+# A power window shorter than this averages too few NVML/tegrastats samples to mean anything.
+MIN_POWER_WINDOW_S = 2.0
 
 
 @dataclass
@@ -53,6 +61,11 @@ class SweepSpec:
     repeats: Optional[int] = None
     warmup: Optional[int] = None
     seed: int = 0
+    autocast: bool = False  # keep fp32 weights and run the forward under torch.autocast(dtype)
+    compile: bool = False  # torch.compile the model before timing (warm-up compiles each shape)
+    power: bool = False  # sample board/GPU power during a timed window (NVML or tegrastats)
+    peak: bool = False  # report achieved FLOP/s as a fraction of a GEMM microbenchmark's
+    fidelity_clips: Optional[int] = None
     options: dict = field(default_factory=dict)  # option name -> list of raw values (a grid)
     references: list[dict] = field(default_factory=list)  # labelled paper points from a recipe
     recipe: Optional[str] = None
@@ -76,7 +89,8 @@ class Point:
 
 # Fields of a spec that travel to a worker process (`--isolate`, Ray, Slurm); references stay with the driver.
 _SPEC_WIRE_FIELDS = ("method", "keeps", "backbone", "frames", "size", "classes", "batch", "device", "dtype",
-                     "attention", "metrics", "repeats", "warmup", "seed", "options")
+                     "attention", "metrics", "repeats", "warmup", "seed", "options", "autocast", "compile", "power",
+                     "peak", "fidelity_clips")
 
 
 def spec_to_dict(spec: SweepSpec) -> dict:
@@ -119,6 +133,9 @@ def config_payload(spec: SweepSpec, point: Point) -> dict:
         "classes": spec.classes, "batch": spec.batch, "device": str(spec.device).strip().lower(), "dtype": dtype,
         "attention": spec.attention, "metrics": sorted(set(spec.metrics)), "seed": spec.seed,
         "repeats": spec.repeats, "warmup": spec.warmup,
+        # only when set, so the hashes of tables written before these options existed stay valid
+        **{k: v for k, v in (("autocast", spec.autocast), ("compile", spec.compile), ("power", spec.power),
+                             ("peak", spec.peak), ("fidelity_clips", spec.fidelity_clips)) if v},
     }
 
 
@@ -264,22 +281,41 @@ class Runner:
         kind = self.device.type if self.device.type in DEFAULT_REPEATS else "cuda"
         self.repeats = spec.repeats if spec.repeats is not None else DEFAULT_REPEATS[kind]
         self.warmup = spec.warmup if spec.warmup is not None else DEFAULT_WARMUP[kind]
+        self.fidelity_clips = spec.fidelity_clips if spec.fidelity_clips is not None else DEFAULT_FIDELITY_CLIPS[kind]
         if self.repeats < 1 or self.warmup < 0:
             raise VidpruneError("--repeats must be >= 1 and --warmup >= 0.")
         if spec.batch < 1:
             raise VidpruneError(f"--batch must be >= 1, got {spec.batch}.")
+        if self.fidelity_clips < 1:
+            raise VidpruneError(f"--fidelity-clips must be >= 1, got {self.fidelity_clips}.")
         unknown = set(spec.metrics) - set(ALL_METRICS)
         if unknown:
             raise VidpruneError(
                 f"unknown metric(s) {', '.join(sorted(unknown))}. Choose from {', '.join(ALL_METRICS)}."
             )
+        if spec.autocast and self.dtype == torch.float32:
+            raise VidpruneError("--autocast runs the forward in half precision: pass --dtype fp16 or bf16 with it.")
+        timed = bool(set(spec.metrics) & {"latency", "throughput"})
+        if (spec.power or spec.peak) and not timed:
+            raise VidpruneError("--power and --peak measure during the timed runs: keep latency or throughput "
+                                "in --metrics.")
+        self.power_meter = None
+        if spec.power:
+            from vidprune.measure.power import open_power_meter
+
+            self.power_meter = open_power_meter(self.device)  # no power source here: a clear error now
+        self._peak = None
         self.environment = devices.environment(self.device)
         self.shared = {
             "backbone": spec.backbone, "batch": spec.batch, "device": str(self.device),
             "device_name": self.environment.get("device_name"), "dtype": devices.dtype_name(self.dtype),
-            "attention": spec.attention, "flops_convention": FLOPS_CONVENTION, "seed": spec.seed,
+            "autocast": bool(spec.autocast), "attention": spec.attention, "compile": bool(spec.compile),
+            "flops_convention": FLOPS_CONVENTION, "seed": spec.seed,
             "vidprune_version": vidprune.__version__, "torch_version": torch.__version__,
             "git_sha": git_sha(), "source": "measured",
+            # what else can move a number: driver, CUDA/cuDNN, clocks, threads, Jetson power mode, ...
+            **{f"env_{k}": v for k, v in self.environment.items()
+               if k not in ("device", "device_name", "torch_version") and isinstance(v, (str, int, float, bool))},
         }
 
     def build(self, point: Point) -> torch.nn.Module:
@@ -287,8 +323,16 @@ class Runner:
                                      size=self.spec.size, classes=self.spec.classes,
                                      attention=self.spec.attention, options=point.options, seed=self.spec.seed)
 
-    def measure(self, point: Point) -> dict:
-        """One row; never raises for a failure inside the measurement (it is recorded instead)."""
+    def precision(self):
+        """The context every forward runs in: autocast when asked for, else nothing (weights are cast)."""
+        if self.spec.autocast:
+            return torch.autocast(self.device.type, dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    def measure(self, point: Point, fidelity: Optional[dict] = None) -> dict:
+        """One row; never raises for a failure inside the measurement (it is recorded instead).
+        `fidelity`: columns already measured elsewhere (on a dataset); otherwise the `fidelity` metric
+        compares against the unpruned model on generated clips."""
         row = dict(self.shared, method=point.method, keep=1.0 if point.keep is None else point.keep,
                    timestamp=now(), status="ok", error="", notes="", config_hash=config_hash(self.spec, point))
         notes: list[str] = []
@@ -310,26 +354,39 @@ class Runner:
                            gflops_thop=report.gflops_thop, gflops_counter=report.counter,
                            counters_agree=report.counters_agree)
                 notes.extend(report.notes)
-            model = model.to(device=self.device, dtype=self.dtype)
+            model = model.to(device=self.device, dtype=torch.float32 if self.spec.autocast else self.dtype)
             self._check_finite(model)
             row["tokens_per_block"] = ",".join(map(str, model.last_trace))
             row["tokens_final"] = model.last_trace[-1] if model.last_trace else None
             # Input-dependent methods (frames kept per clip, ...) report their own statistics.
             row.update(getattr(model, "last_stats", None) or {})
+            if fidelity is not None:
+                row.update(fidelity)
+            elif "fidelity" in metrics:
+                row.update(self._fidelity(model, point), fidelity_source="generated clips")
+            if self.spec.compile:
+                model = self._compile(model)
             if metrics & {"latency", "throughput"}:
                 used, latency, backoff = run_with_batch_backoff(lambda b: self._time(model, b), self.spec.batch)
                 notes.extend(backoff)
                 row.update(throughput_batch=used, latency_ms=latency.median_ms, latency_iqr_ms=latency.iqr_ms,
                            latency_mean_ms=latency.mean_ms, noisy=latency.noisy, repeats=self.repeats,
                            warmup=self.warmup)
-                if "throughput" in metrics:
+                if "throughput" in metrics or self.spec.peak:
                     row["throughput"] = latency.throughput
                 if "latency" not in metrics:
                     for key in ("latency_ms", "latency_iqr_ms", "latency_mean_ms", "noisy"):
                         row.pop(key)
+                if self.power_meter is not None:
+                    row.update(self._power(model, used, latency.median_ms))
+                if self.spec.peak and row.get("gflops") is not None:
+                    from vidprune.measure.peak import fraction_of_peak
+
+                    row["peak_fraction"] = fraction_of_peak(row["gflops"], latency.throughput, self.peak())
             if "memory" in metrics:
                 video = self._input(model, row.get("throughput_batch") or self.spec.batch)
-                memory = measure_peak_memory(lambda: model(video), self.device)
+                with self.precision():
+                    memory = measure_peak_memory(lambda: model(video), self.device)
                 row.update(peak_mem_mib=memory.peak_mib, peak_mem_method=memory.method)
         except VidpruneError as exc:
             row.update(status="failed", error=str(exc))
@@ -341,18 +398,67 @@ class Runner:
         row["notes"] = " | ".join(notes)  # not "; ": a note may contain it (batch halving notes do)
         return row
 
+    def peak(self):
+        """The device's GEMM throughput in this dtype, measured once per runner."""
+        if self._peak is None:
+            from vidprune.measure.peak import peak_matmul
+
+            self._peak = peak_matmul(self.device, self.dtype)
+        return self._peak
+
+    def _fidelity(self, model: torch.nn.Module, point: Point) -> dict:
+        from vidprune.evaluate import fidelity_to_unpruned, generated_clips
+
+        if point.method == "none":  # the reference itself: identical by definition, no forward needed
+            return {"agreement": 1.0, "kl": 0.0, "cosine": 1.0, "fidelity_clips": self.fidelity_clips}
+        clips = generated_clips(model, count=self.fidelity_clips, batch=min(4, self.fidelity_clips),
+                                seed=self.spec.seed + 1)
+        with self.precision():
+            return fidelity_to_unpruned(model, clips, seed=self.spec.seed)
+
+    def _compile(self, model: torch.nn.Module) -> torch.nn.Module:
+        # dynamic=False: one graph per token-count shape, each compiled during the warm-up runs, so the
+        # timed runs never include compilation.
+        backend = os.environ.get(COMPILE_BACKEND_ENV, "inductor")
+        compiled = torch.compile(model, dynamic=False, backend=backend)
+        for name in ("info", "method", "last_trace", "last_stats", "make_input", "input_shape"):
+            if hasattr(model, name) and not hasattr(compiled, name):
+                setattr(compiled, name, getattr(model, name))
+        return compiled
+
+    def _power(self, model: torch.nn.Module, batch: int, latency_ms: float) -> dict:
+        """Average power and energy per clip over a window of back-to-back forwards long enough to sample."""
+        video = self._input(model, batch)
+        runs = max(self.repeats, math.ceil(MIN_POWER_WINDOW_S * 1000.0 / max(latency_ms, 1e-3)))
+
+        def window() -> None:
+            with torch.inference_mode(), self.precision():
+                for _ in range(runs):
+                    model(video)
+            devices.synchronize(self.device)
+
+        reading = self.power_meter.measure(window)
+        return {"power_w": reading.average_w, "energy_j_per_clip": reading.energy_j / (runs * batch),
+                "power_source": reading.source}
+
     def _input(self, model: torch.nn.Module, batch: int) -> torch.Tensor:
-        return example_input(model, batch, device=self.device, dtype=self.dtype, seed=self.spec.seed)
+        dtype = torch.float32 if self.spec.autocast else self.dtype
+        return example_input(model, batch, device=self.device, dtype=dtype, seed=self.spec.seed)
 
     def _check_finite(self, model: torch.nn.Module) -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), self.precision():
             out = model(self._input(model, 1))
         if not torch.isfinite(out).all():
             raise FloatingPointError(f"the model produced non-finite outputs in {devices.dtype_name(self.dtype)}")
 
     def _time(self, model: torch.nn.Module, batch: int):
         video = self._input(model, batch)
-        return measure_latency(lambda: model(video), self.device, batch, self.warmup, self.repeats)
+
+        def forward():
+            with self.precision():
+                return model(video)
+
+        return measure_latency(forward, self.device, batch, self.warmup, self.repeats)
 
 
 def reference_rows(spec: SweepSpec, shared: dict) -> list[dict]:

@@ -30,7 +30,14 @@ AXIS_LABELS = {
     "top1": "top-1 accuracy",
     "top5": "top-5 accuracy",
     "agreement": "agreement with the unpruned model",
+    "kl": "KL(unpruned || pruned), nats",
+    "cosine": "cosine similarity of pooled features to the unpruned model",
+    "speedup_flops": "theoretical speedup (reference GFLOPs / GFLOPs)",
+    "speedup_latency": "realized speedup (reference latency / latency)",
+    "energy_j_per_clip": "energy per clip (J)",
+    "power_w": "average power (W)",
 }
+SPEEDUP_COLUMNS = ("speedup_flops", "speedup_latency")
 
 REFERENCE_METHOD = "none"
 _BACKBONE_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
@@ -170,7 +177,10 @@ def plot_tradeoff(df: pd.DataFrame, x: str = "gflops", y: str | None = None,
 
     # The Pareto front first, so the method lines sit on top of it.
     valid = ok[ok["_x"].notna() & ok["_y"].notna()]
+    speedup_axes = x in SPEEDUP_COLUMNS and y in SPEEDUP_COLUMNS and x != y
     front = valid[pareto_mask(valid, "_x", "_y", x_sense, y_sense)].sort_values(["_x", "_y"])
+    if speedup_axes:  # realized vs theoretical speedup is a calibration plot, not a trade-off: no front
+        front = front.iloc[0:0]
     if not front.empty:
         ax.plot(front["_x"], front["_y"], drawstyle="steps-post" if x_sense == "min" else "steps-pre",
                 color="0.5", linewidth=7, alpha=0.25, solid_capstyle="round", zorder=1)
@@ -230,11 +240,17 @@ def plot_tradeoff(df: pd.DataFrame, x: str = "gflops", y: str | None = None,
 
     if not front.empty:
         legend["front"] = Line2D([], [], color="0.5", linewidth=7, alpha=0.25, label="Pareto front")
+    if speedup_axes:
+        # realized against theoretical: points on the diagonal turn every FLOP saved into time saved
+        lo = min(valid["_x"].min(), valid["_y"].min(), 1.0)
+        hi = max(valid["_x"].max(), valid["_y"].max(), 1.0)
+        ax.plot([lo, hi], [lo, hi], color="0.3", linestyle=":", linewidth=1.2, zorder=2)
+        legend["ideal"] = Line2D([], [], color="0.3", linestyle=":", linewidth=1.2, label="realized = theoretical")
     if many_backbones:
         for backbone in backbones:
             legend[f"b:{backbone}"] = Line2D([], [], color="0.35", linestyle=styles[backbone],
                                              marker=markers[backbone], markersize=6, label=backbone)
-    order = ["unpruned"] + [f"m:{m}" for m in methods] + [f"p:{m}" for m in methods] + ["front"] \
+    order = ["unpruned"] + [f"m:{m}" for m in methods] + [f"p:{m}" for m in methods] + ["front", "ideal"] \
         + [f"b:{b}" for b in backbones]
     handles = [legend[k] for k in order if k in legend]
 

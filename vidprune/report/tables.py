@@ -8,11 +8,15 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from vidprune.results import QUALITY_COLUMNS
-
 REFERENCE_METHOD = "none"
 _STATUS_ORDER = {"ok": 0, "reference": 1}
-_ROUND = {"keep": 3, "gflops": 2, "params_m": 2, "throughput": 3, "peak_mem_mib": 0}
+_ROUND = {"keep": 3, "gflops": 2, "params_m": 2, "throughput": 3, "peak_mem_mib": 0, "accuracy": 4, "top5": 4,
+          "agreement": 3, "speedup_latency": 2, "power_w": 1, "energy_j_per_clip": 3}
+# Quality columns worth a terminal column when they have values (top1 repeats accuracy; speedup_flops is
+# what gflops_change already says; kl/cosine stay in the file).
+_SUMMARY_QUALITY = ("accuracy", "top5", "map", "agreement", "speedup_latency", "power_w", "energy_j_per_clip")
+# Shown even when empty, so a table always reads the same way; other cost columns only when measured.
+_ALWAYS = {"method", "backbone", "keep", "gflops", "gflops_change", "status"}
 # Rendered left-aligned; everything else right-aligned.
 _TEXT_COLUMNS = {"method", "backbone", "input", "status", "source"}
 
@@ -30,8 +34,9 @@ def _latency(median: float, iqr: float) -> str:
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per result row: method, backbone, [input (frames x size, only when several)], keep, gflops, gflops_change, params_m, latency_ms, throughput,
-    peak_mem_mib, any quality columns with values (accuracy, top1, ...), status.
+    """One row per result row: method, backbone, [input (frames x size, only when several)], keep, gflops,
+    gflops_change, then params_m, latency_ms, throughput, peak_mem_mib, accuracy, top5, agreement,
+    speedup_latency, power when they have values, and status.
 
     gflops_change is relative to the unpruned row (method 'none') of the same backbone/frames/size and
     the same origin (measured rows against the measured reference, paper rows against the same paper
@@ -73,12 +78,16 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     shapes = [f"{f:g}x{z:g}" if not (math.isnan(f) or math.isnan(z)) else "" for f, z in zip(frames, size)]
     if len(set(shapes)) > 1:  # several input shapes: say which row is which
         out.insert(2, "input", shapes)
-    for col in QUALITY_COLUMNS:
-        if col != "throughput" and _num(df, col).notna().any():
+    for col in _SUMMARY_QUALITY:
+        if _num(df, col).notna().any():
             out[col] = _num(df, col)
     out["status"] = status
     for col, digits in _ROUND.items():
-        out[col] = out[col].round(digits)
+        if col in out.columns:
+            out[col] = out[col].round(digits)
+    empty = [c for c in out.columns if c not in _ALWAYS
+             and out[c].map(lambda v: v is None or v is pd.NA or v == "" or (isinstance(v, float) and math.isnan(v))).all()]
+    out = out.drop(columns=empty)
 
     order = pd.DataFrame({
         "backbone": backbone, "frames": frames, "size": size,
