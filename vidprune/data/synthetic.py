@@ -25,12 +25,16 @@ from vidprune.data.datasets import CLASSES_FILE
 from vidprune.data.video import write_video
 from vidprune.errors import VidpruneError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SLOW, FAST = 3.0, 6.0  # pixels per frame
 ANGULAR = math.pi / 8  # radians per frame on circular trajectories (a full turn in 16 frames)
 # Object radius as a fraction of the frame size: at 64 px, 8-13 px, comparable to a 16-px patch, which
 # is what lets a small ViT trained from scratch see the objects at all.
 OBJECT_SCALE = (0.12, 0.2)
+# Circle radius as a fraction of the frame size. Version 1 used (0.12, 0.2): an orbit no wider than the
+# object itself, so a rotating object mostly overlapped its own footprint and clockwise vs counter-clockwise
+# was the bulk of a small model's errors; (0.2, 0.3) moves it by about a patch between sampled frames.
+ORBIT_SCALE = (0.2, 0.3)
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ def render_clip(motion_index: int, rng: np.random.Generator, frames: int = 16, s
     for obj in still:
         background[_mask(obj, obj["x"], obj["y"], size)] = obj["colour"]
     for obj in movers:  # circle parameters: the object's start is uniform, the centre follows from it
-        obj["orbit"] = float(rng.uniform(size * 0.12, size * 0.2))
+        obj["orbit"] = float(rng.uniform(size * ORBIT_SCALE[0], size * ORBIT_SCALE[1]))
         obj["phase"] = float(rng.uniform(0, 2 * math.pi))
     clip = np.empty((frames, size, size, 3), dtype=np.uint8)
     for t in range(frames):
@@ -177,6 +181,7 @@ def synthesize(out: str | Path, train_per_class: int = 40, val_per_class: int = 
     meta = {"generator": "vidprune synthetic motion", "version": GENERATOR_VERSION, "seed": seed,
             "frames": frames, "size": size, "fps": fps, "classes": classes, "per_class": counts,
             "slow_px_per_frame": SLOW, "fast_px_per_frame": FAST, "circle_rad_per_frame": ANGULAR,
-            "object_radius_fraction": list(OBJECT_SCALE)}
+            "object_radius_fraction": list(OBJECT_SCALE),
+            "orbit_radius_fraction": list(ORBIT_SCALE)}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return SynthResult(out, lists, classes, written)
