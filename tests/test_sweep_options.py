@@ -3,6 +3,7 @@ speedup columns, power and peak wiring, and `sweep --data/--checkpoint`."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -151,3 +152,15 @@ def test_sweep_checkpoint_without_data_says_what_to_add(tmp_path):
     missing = CliRunner().invoke(app, ["sweep", "--method", "evad", "--checkpoint", str(tmp_path / "w.pth")])
     assert missing.exit_code == 2
     assert "--data" in missing.output
+
+
+def test_recipe_list_is_a_grid_only_for_grid_options(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("sweep:\n  method: evad\n  backbone: vit-tiny\n  frames: 4\n  size: 32\n  keep: [0.5]\n"
+                      "  metrics: flops\n  options:\n    layers: [1, 2]\n    w_kf: [1, 4]\n")
+    result = CliRunner().invoke(app, ["sweep", "--recipe", str(recipe), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    df = read_tables([str(tmp_path / "out" / "*.csv")])
+    options = [json.loads(o) for o in df["options"][df["method"] == "evad"]]
+    assert [o["w_kf"] for o in options] == [1.0, 4.0]  # w_kf is a grid option: two points
+    assert all(o["layers"] in ("1,2", [1, 2]) for o in options)  # layers is not: one value, both points

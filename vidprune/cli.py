@@ -180,7 +180,7 @@ def sweep(
         if "keep" in base:
             base["keeps"] = parse_keeps(",".join(str(k) for k in base.pop("keep")) if isinstance(base["keep"], list)
                                         else str(base.pop("keep")))
-        base["options"] = {k: (v if isinstance(v, list) else [v]) for k, v in (base.get("options") or {}).items()}
+        base["options"] = dict(base.get("options") or {})
         if "metrics" in base and isinstance(base["metrics"], str):
             base["metrics"] = _csv_list(base["metrics"])
     if method is None and "method" not in base:
@@ -197,6 +197,11 @@ def sweep(
     if "metrics" in base:
         base["metrics"] = tuple(base["metrics"])
     method_cls = registry.get_method(base["method"])
+    # A recipe's YAML list is a grid for a grid option and one value (e.g. layers: [4, 7, 10]) otherwise.
+    grid_of = {o.name: o.grid for o in method_cls.options}
+    base["options"] = {k: (v if isinstance(v, list) and grid_of.get(k, True)
+                           else [",".join(map(str, v)) if isinstance(v, list) else v])
+                       for k, v in (base.get("options") or {}).items()}
     if set_:
         base.setdefault("options", {}).update(parse_set(set_, method_cls))
     setup = None
