@@ -460,6 +460,9 @@ def list_(as_json: bool = typer.Option(False, "--json", help="machine-readable o
 
 
 cli_accuracy.register(app)
+from vidprune import cli_export  # noqa: E402  (registers on the app defined above)
+
+cli_export.register(app)
 
 
 def main() -> None:

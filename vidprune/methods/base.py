@@ -25,6 +25,9 @@ class TokenMethod(nn.Module):
     options: tuple[Option, ...] = ()
     families: tuple[str, ...] = ()
     default_backbone: str = "vit-b"  # what `vidprune sweep --method <name>` measures without --backbone
+    # Why this method cannot export to a static ONNX graph faithfully (`vidprune export` says it); None = it
+    # can. A property where it depends on the options.
+    export_blocker: Optional[str] = None
 
     def __init__(self, info: BackboneInfo, keep: Optional[float], seed: int = 0, **options):
         super().__init__()

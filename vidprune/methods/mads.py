@@ -166,6 +166,14 @@ class MADS(TokenMethod):
         """Spatial blocks before the frame decision; None at keep 1 (nothing to prune: the plain backbone)."""
         return None if self.keep >= 1.0 else self.score_after
 
+    @property
+    def export_blocker(self) -> Optional[str]:
+        if self.strategy == "threshold" and (self.keep or 1.0) < 1.0:
+            return ("strategy=threshold keeps a different number of frames per clip (those scoring above tau), a "
+                    "data-dependent shape that a static graph cannot hold. Export --set strategy=topk instead "
+                    "(exactly floor(frames * keep) frames per clip).")
+        return None
+
     def describe(self) -> dict:
         out = {"strategy": self.strategy, "slope": self.slope, "score_after": self.score_after}
         if self.strategy == "topk":

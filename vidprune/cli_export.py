@@ -1,0 +1,132 @@
+"""`vidprune export`: one model with its method in place, to an ONNX file checked in onnxruntime.
+
+`register(app)` adds the command to the main Typer app (cli.py calls it once, as it does for
+cli_accuracy), so this module owns its command without cli.py growing. User mistakes are VidpruneErrors
+that `user_errors` prints as one line (exit code 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from vidprune.errors import VidpruneError
+
+
+def single_options(items: List[str], method_cls) -> dict:
+    """`--set name=value` items into {name: value}: an export builds one model, so no grids."""
+    from vidprune.sweep import parse_set
+
+    options = {}
+    for name, values in parse_set(items, method_cls).items():
+        if len(values) != 1:
+            raise VidpruneError(f"--set {name}={','.join(values)} gives several values, but an export builds one "
+                                f"model: pass one, e.g. --set {name}={values[0]}.")
+        options[name] = values[0]
+    return options
+
+
+def register(app: typer.Typer) -> None:
+    """Add `export` to `app`."""
+    # Imported here, not at module level: cli.py imports this module at its end, after defining these.
+    from rich.markup import escape
+    from rich.table import Table
+
+    from vidprune.cli import console, err_console, user_errors
+
+    @app.command("export")
+    @user_errors
+    def export(
+        onnx: Path = typer.Option(..., "--onnx", help="ONNX file to write, e.g. model.onnx"),
+        method: str = typer.Option("none", "--method", "-m", help="method to put in the model (see `vidprune list`)"),
+        keep: Optional[float] = typer.Option(None, "--keep", "-k", help="the method's knob (default: its default)"),
+        set_: Optional[List[str]] = typer.Option(None, "--set", help="method option name=value"),
+        backbone: Optional[str] = typer.Option(None, "--backbone", "-b",
+                                               help="backbone (default: the checkpoint's, else the method's default)"),
+        frames: Optional[int] = typer.Option(None, "--frames", help="frames per clip (default: checkpoint's, else backbone's)"),
+        size: Optional[int] = typer.Option(None, "--size", help="crop size in pixels (default: checkpoint's, else backbone's)"),
+        classes: Optional[int] = typer.Option(None, "--classes", help="classifier classes (default: the checkpoint's, else 400)"),
+        batch: int = typer.Option(1, "--batch", help="fixed batch size of the graph (static shapes)"),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="weights: VideoMAE .pth, Hugging Face "
+                                                  "file/folder or vidprune checkpoint (omitted: random weights)"),
+        trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint",
+                                              help="unpickle arbitrary objects in the checkpoint (only for files you trust)"),
+        opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 18: TensorRT 8.6+ parses it)"),
+        exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, default) | torchscript"),
+        no_check: bool = typer.Option(False, "--no-check",
+                                      help="skip running the graph in onnxruntime against PyTorch"),
+        seed: int = typer.Option(0, "--seed", help="seed of the random weights and of the check inputs"),
+    ) -> None:
+        """Export a model with its method in place to ONNX (static shapes), checked against PyTorch in
+        onnxruntime on two different inputs: the first step towards a TensorRT engine (docs/export.md)."""
+        from vidprune import registry
+        from vidprune.checkpoints import checkpoint_classes, load_checkpoint, method_state, read_checkpoint
+        from vidprune.cli_accuracy import _resolve_backbone, _resolve_geometry
+        from vidprune.export import export_blocker, export_onnx, require_export_packages
+
+        method_cls = registry.get_method(method)
+        if keep is not None and method_cls.knob is None:
+            raise VidpruneError(f"method '{method}' has no knob, so --keep does not apply: leave it out.")
+        if method_cls.knob is not None and keep is not None:
+            method_cls.knob.validate(keep)
+        options = single_options(set_ or [], method_cls)
+        # before any model is built: a missing package should not cost a checkpoint load
+        require_export_packages(check=not no_check, exporter=exporter)
+        raw = read_checkpoint(checkpoint, trust=trust_checkpoint) if checkpoint is not None else None
+        backbone = _resolve_backbone(backbone, raw, method_cls)
+        frames, size = _resolve_geometry(raw, frames, size)
+        if classes is None:
+            family = registry.get_backbone(backbone).family
+            classes = (checkpoint_classes(raw.state, family) if raw is not None else None) or 400
+        model = registry.create_model(backbone, method, keep, frames=frames, size=size, classes=classes,
+                                      options=options, seed=seed)
+        blocker = export_blocker(model)
+        if blocker:  # before loading weights: nothing to wait for
+            raise VidpruneError(f"method '{method}' cannot be exported to ONNX: {blocker}")
+        if raw is not None:
+            loaded = load_checkpoint(model, raw)
+            console.print(f"{escape(str(checkpoint))}: {escape(loaded.summary())}")
+            for note in loaded.notes:
+                console.print(f"  note: {escape(note)}")
+            if raw.meta.get("method") == method:
+                learned = method_state(raw)
+                if learned and any(True for _ in model.method.parameters()):
+                    model.method.load_state_dict(learned, strict=False)  # a scorer trained with the method
+        else:
+            err_console.print("[yellow]warning:[/yellow] no --checkpoint: random weights (fine for timing a "
+                              "TensorRT engine, not for predictions)", soft_wrap=True)
+
+        with console.status(f"exporting {method} on {backbone} with the {exporter} exporter"):
+            report = export_onnx(model, onnx, batch=batch, opset=opset, check=not no_check, exporter=exporter,
+                                 seed=seed)
+
+        info = model.info
+        table = Table(title=f"ONNX export: {method} on {backbone}", show_header=False)
+        table.add_column("", style="bold")
+        table.add_column("")
+        knob = model.method.knob
+        rows = [
+            ("file", f"{report.path} ({report.size_mib:.1f} MiB)"
+             + (f" + {len(report.files) - 1} external data file" if len(report.files) > 1 else "")),
+            ("method", f"{method}" + (f" ({knob.name}={model.method.keep:g})" if knob is not None else "")),
+            ("clip", f"{info.frames} frames x {info.size}x{info.size}, {classes} classes"),
+            ("inputs", ", ".join(f"{n} {tuple(s)}" for n, s in report.input_shapes.items())),
+            ("output", f"logits {report.output_shape}"),
+            ("exporter", f"{report.exporter}, opset {report.opset}"),
+            ("onnxruntime", report.onnxruntime_version or "not run"),
+            ("seconds", f"{report.seconds:.1f}"),
+        ]
+        for key, value in rows:
+            table.add_row(key, escape(value))
+        console.print(table)
+        for note in report.notes:
+            console.print(f"note: {escape(note)}")
+        if report.checked:
+            console.print(f"runs in onnxruntime, max |diff| = {report.max_abs_diff:.2e} vs PyTorch on "
+                          f"{report.checked_inputs} different inputs, top-1 agreement {report.top1_agreement:.0%}")
+        else:
+            console.print("not checked (--no-check): run it in onnxruntime before building an engine")
+        console.print(f"TensorRT: trtexec --onnx={escape(str(report.path))} --fp16 --saveEngine="
+                      f"{escape(str(report.path.with_suffix('.engine')))}")
