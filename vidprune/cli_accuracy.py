@@ -226,7 +226,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="folder to write videos, train.txt, val.txt, classes.txt"),
         train: int = typer.Option(40, "--train", help="training videos per class"),
         val: int = typer.Option(10, "--val", help="held-out videos per class"),
-        classes: int = typer.Option(8, "--classes", help="number of motion classes (2-8)"),
+        classes: int = typer.Option(8, "--classes", help="number of motion classes (2-10; 9 and 10 are clockwise/counter-clockwise circles)"),
         frames: int = typer.Option(16, "--frames", help="frames per video"),
         size: int = typer.Option(64, "--size", help="frame height = width in pixels (even)"),
         fps: int = typer.Option(8, "--fps", help="frame rate written into the files"),
