@@ -10,6 +10,12 @@ Three counters look at the same forward pass:
   would silently count it as zero, so we register one. It also counts LayerNorm, so it reads slightly high.
 * thop: forward hooks on modules only. It never sees functional matmuls (q @ k^T, attn @ v, fused
   attention), so it misses all attention-matrix work; docs/measurement.md explains the gap.
+
+Speed: the primary counter and thop need shapes only, so they run on the meta device (no arithmetic,
+well under a second for ViT-L) whenever the forward pass allows it. A forward pass that reads values
+(`.item()`, `bool(tensor)`, a data-dependent shape) raises on meta and is counted on real CPU tensors
+instead. fvcore traces with `torch.jit.trace`, whose meta kernels fail on traced sizes, so it always
+runs one real forward pass: that pass is the whole cost of a default count.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class FlopReport:
     counter: str = "torch.utils.flop_counter"
     notes: list[str] = field(default_factory=list)
     fvcore_unsupported: dict = field(default_factory=dict)
+    shapes_only: bool = False  # primary count (and thop) taken on meta tensors: the forward reads no values
 
     @property
     def counters_agree(self) -> Optional[bool]:
@@ -61,6 +68,10 @@ def _cpu_sdpa_formula():
 
 def count_torch(model: nn.Module, inputs: tuple) -> float:
     """MACs / 1e9 from FlopCounterMode (which counts 2 FLOPs per MAC)."""
+    return _count_call(lambda: model(*inputs))
+
+
+def _count_call(run) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     mapping = {}
@@ -68,8 +79,50 @@ def count_torch(model: nn.Module, inputs: tuple) -> float:
         mapping = _cpu_sdpa_formula()
     counter = FlopCounterMode(display=False, custom_mapping=mapping)
     with torch.inference_mode(), counter:
-        model(*inputs)
+        run()
     return counter.get_total_flops() / 2 / 1e9
+
+
+def meta_state(model: nn.Module) -> dict:
+    """Shape-only (meta) stand-ins for every parameter and buffer of `model`, by qualified name."""
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors.update(model.named_buffers(remove_duplicate=False))
+    return {name: torch.empty_like(t, device="meta") for name, t in tensors.items()}
+
+
+def meta_twin(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose parameters and buffers live on the meta device; costs no weight copy."""
+    memo = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in memo:
+            shadow = torch.empty_like(t, device="meta")
+            memo[id(t)] = nn.Parameter(shadow, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else shadow
+    return copy.deepcopy(model, memo)
+
+
+def to_meta(inputs):
+    if isinstance(inputs, torch.Tensor):
+        return torch.empty_like(inputs, device="meta")
+    if isinstance(inputs, dict):
+        return {k: to_meta(v) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(to_meta(v) for v in inputs)
+    return inputs
+
+
+def count_torch_shapes_only(model: nn.Module, inputs: tuple) -> Optional[float]:
+    """`count_torch` on meta tensors, or None when the forward pass reads values (then it has to run for real).
+
+    The model's own modules run (its parameters swapped for meta stand-ins for the duration), so what a
+    forward pass records on the model (`last_trace`, `last_stats`, a method's token counts) is recorded
+    as usual."""
+    from torch.func import functional_call
+
+    state, meta_inputs = meta_state(model), to_meta(inputs)
+    try:
+        return _count_call(lambda: functional_call(model, state, meta_inputs, tie_weights=True, strict=False))
+    except Exception:  # noqa: BLE001 - any value read (item, bool, nonzero, ...) fails on meta
+        return None
 
 
 def _sdpa_handle(inputs, outputs) -> int:
@@ -99,11 +152,15 @@ def count_fvcore(model: nn.Module, inputs: tuple) -> tuple[float, dict]:
     return total / 1e9, unsupported
 
 
-def count_thop(model: nn.Module, inputs: tuple) -> float:
+def count_thop(model: nn.Module, inputs: tuple, shapes_only: bool = False) -> float:
+    """thop's MACs / 1e9; `shapes_only` profiles a meta copy (thop's module formulas read shapes only)."""
     from thop import profile
 
     # thop adds buffers and hooks to every module it visits; profile a copy so the model stays clean.
-    clone = copy.deepcopy(model)
+    if shapes_only:
+        clone, inputs = meta_twin(model), to_meta(inputs)
+    else:
+        clone = copy.deepcopy(model)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         macs, _ = profile(clone, inputs=inputs, verbose=False)
@@ -131,14 +188,17 @@ def _to(inputs, device, dtype):
 
 def count_flops(model: nn.Module, counters: Sequence[str] = ("torch", "fvcore", "thop"),
                 seed: int = 0) -> FlopReport:
-    """Count one clip (batch 1) on CPU in fp32 with every requested counter."""
+    """Count one clip (batch 1) in fp32 with every requested counter: on meta tensors where the forward
+    pass depends on shapes alone, on CPU otherwise (see the module docstring)."""
     model = model.eval()
     device = next(model.parameters()).device
     if device.type != "cpu":
         model = copy.deepcopy(model).to("cpu")
     model = model.float()
     inputs = (example_input(model, 1, seed=seed),)
-    report = FlopReport(gflops=count_torch(model, inputs))
+    gflops = count_torch_shapes_only(model, inputs)
+    shapes_only = gflops is not None
+    report = FlopReport(gflops=gflops if shapes_only else count_torch(model, inputs), shapes_only=shapes_only)
     if "fvcore" in counters:
         try:
             report.gflops_fvcore, report.fvcore_unsupported = count_fvcore(model, inputs)
@@ -146,7 +206,7 @@ def count_flops(model: nn.Module, counters: Sequence[str] = ("torch", "fvcore", 
             report.notes.append(f"fvcore failed: {type(exc).__name__}: {exc}")
     if "thop" in counters:
         try:
-            report.gflops_thop = count_thop(model, inputs)
+            report.gflops_thop = count_thop(model, inputs, shapes_only=shapes_only)
         except Exception as exc:
             report.notes.append(f"thop failed: {type(exc).__name__}: {exc}")
     if report.gflops_fvcore is not None and not report.counters_agree:

@@ -87,12 +87,14 @@ class WeightedReceivedAttention:
         self.total: Optional[torch.Tensor] = None
         self.heads = 1
 
-    def __call__(self, probs: torch.Tensor, start: int) -> None:
+    def __call__(self, probs: torch.Tensor, start: int, samples: slice = slice(None)) -> None:
+        """probs (b, H, c, N): queries start..start+c of the samples `samples` of the batch."""
         self.heads = probs.shape[1]
-        rows = self.weights[:, None, start:start + probs.shape[2]].to(probs.dtype)
+        if self.total is None:
+            self.total = probs.new_zeros(self.weights.shape[0], probs.shape[-1])
+        rows = self.weights[samples, None, start:start + probs.shape[2]].to(probs.dtype)
         # A batched matmul rather than einsum: every FLOP counter knows bmm.
-        part = torch.bmm(rows, probs.sum(dim=1)).squeeze(1)
-        self.total = part if self.total is None else self.total + part
+        self.total[samples] += torch.bmm(rows, probs.sum(dim=1)).squeeze(1)
 
     def importance(self) -> torch.Tensor:
         n = self.weights.shape[1]

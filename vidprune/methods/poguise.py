@@ -124,18 +124,20 @@ class SemanticAttention:
         self.scores: Optional[torch.Tensor] = None
         self.rows: Optional[torch.Tensor] = None
 
-    def __call__(self, probs: torch.Tensor, start: int) -> None:
-        b, _, c, n = probs.shape
+    def __call__(self, probs: torch.Tensor, start: int, samples: slice = slice(None)) -> None:
+        """probs (b, H, c, N): queries start..start+c of the samples `samples` of the batch."""
+        _, _, c, n = probs.shape
         mean = probs.mean(dim=1)
         if self.scores is None:
-            self.scores = probs.new_empty(b, n)
+            batch = self.key_weights.shape[0]
+            self.scores = probs.new_empty(batch, n)
             if self.keep_rows:
-                self.rows = probs.new_empty(b, n, n)
+                self.rows = probs.new_empty(batch, n, n)
         # A batched matmul rather than einsum: every FLOP counter knows bmm.
-        weights = self.key_weights.to(mean.dtype).unsqueeze(-1)
-        self.scores[:, start:start + c] = torch.bmm(mean, weights).squeeze(-1)
+        weights = self.key_weights[samples].to(mean.dtype).unsqueeze(-1)
+        self.scores[samples, start:start + c] = torch.bmm(mean, weights).squeeze(-1)
         if self.keep_rows:
-            self.rows[:, start:start + c] = mean
+            self.rows[samples, start:start + c] = mean
 
 
 class HeatmapHead(nn.Module):

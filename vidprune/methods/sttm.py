@@ -124,19 +124,32 @@ class Merger(nn.Module):
 class FilterAttention:
     """Attention tap for the meta-token filter: the class token's head-averaged attention row (EViT), or,
     without a class token, the head-averaged attention each token receives. Rows are (B', N) where B' is
-    the batch, or batch x frames for a divided TimeSformer block (one class-token copy per frame)."""
+    the batch, or batch x frames for a divided TimeSformer block (one class-token copy per frame).
+
+    With a class token only its query row is needed (`query_rows = 1`): the block computes that one row
+    explicitly and every other query with the fused kernel, at the same multiply-accumulate count."""
 
     def __init__(self, has_cls: bool):
         self.has_cls = has_cls
-        self.rows: Optional[torch.Tensor] = None
+        self.query_rows = 1 if has_cls else None
+        self._parts: dict[int, torch.Tensor] = {}  # first sample of a slice -> its rows
 
-    def __call__(self, probs: torch.Tensor, start: int) -> None:
+    def __call__(self, probs: torch.Tensor, start: int, samples: slice = slice(None)) -> None:
+        """probs (b, H, c, N): queries start..start+c of the samples `samples` of the batch."""
+        key = samples.start or 0
         if self.has_cls:
             if start == 0:
-                self.rows = probs[:, :, 0].mean(dim=1)
+                self._parts[key] = probs[:, :, 0].mean(dim=1)
             return
         part = probs.mean(dim=1).sum(dim=1)
-        self.rows = part if self.rows is None else self.rows + part
+        self._parts[key] = part if key not in self._parts else self._parts[key] + part
+
+    @property
+    def rows(self) -> Optional[torch.Tensor]:
+        if not self._parts:
+            return None
+        return torch.cat([self._parts[k] for k in sorted(self._parts)]) if len(self._parts) > 1 else \
+            next(iter(self._parts.values()))
 
 
 @register_method
