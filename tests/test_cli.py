@@ -195,7 +195,7 @@ def test_sweep_range_parquet_and_flops_only(tmp_path):
 
 def test_sweep_set_grid_and_non_grid_option(tmp_path):
     ok(invoke("sweep", "--method", "evad", "--keep", "0.7", "--set", "w_kf=1,4", "--set", "layers=2,3",
-              "--metrics", "params", *FAST, "--out", tmp_path))
+              *FAST, "--metrics", "flops", "--out", tmp_path))  # tokens_per_block comes from the count
     df = read(only_table(tmp_path))
     evad = df[df["method"] == "evad"]
     assert len(df) == 3 and len(evad) == 2  # w_kf is a grid of 2; layers=2,3 is one value

@@ -3,7 +3,8 @@ well-formed rows; every invalid one exits 2 with one line and no traceback, and 
 the recipe schema: a wrong type or an out-of-range value names the file, the key and what is allowed.
 
 Hypothesis runs few, derandomized examples (the same ones on every run, so CI does not flake) with
---metrics params on the tiny backbone, which keeps each example to a fraction of a second.
+--metrics params,flops on the tiny backbone (a shape-only count, which also records the token trace), which
+keeps each example to a fraction of a second.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from vidprune.results import COLUMNS  # noqa: E402
 from vidprune.sweep import SweepSpec, config_hash, expand_points  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-BASE = ["sweep", "--backbone", "vit-tiny", "--device", "cpu", "--metrics", "params", "--repeats", "1", "--warmup", "0"]
+BASE = ["sweep", "--backbone", "vit-tiny", "--device", "cpu", "--metrics", "params,flops", "--repeats", "1", "--warmup", "0"]
 PROPERTY = settings(max_examples=6, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -91,7 +92,7 @@ def combo_args(c: dict) -> tuple[list[str], SweepSpec]:
         options["keyframe"] = [str(c["keyframe"]).lower()]
     spec = SweepSpec(method=c["method"], keeps=list(c["keeps"]) if c["method"] != "none" else [], backbone="vit-tiny",
                      frames=c["frames"], size=c["size"], classes=c["classes"], batch=c["batch"], device="cpu",
-                     dtype=c["dtype"], attention=c["attention"], metrics=("params",), repeats=1, warmup=0,
+                     dtype=c["dtype"], attention=c["attention"], metrics=("params", "flops"), repeats=1, warmup=0,
                      seed=c["seed"], options=options)
     return args, spec
 

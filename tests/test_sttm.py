@@ -305,7 +305,8 @@ def test_batched_forward_equals_per_sample_forwards(backbone, kwargs):
         trace = list(model.last_trace)
         pos = records[max(records)][1].pos.clone()
         single = torch.cat([model(video[i:i + 1]) for i in range(3)])
-    assert torch.allclose(logits, single, atol=1e-5)
+    # batched and single-clip GEMMs block differently, so float32 sums may differ in the last bits
+    assert torch.allclose(logits, single, atol=1e-4)
     assert model.last_trace == trace
     assert pos.shape[0] == 3
     assert pos[0].tolist() != pos[1].tolist()  # samples pick their own meta tokens

@@ -109,7 +109,8 @@ def sweep(
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N | mps | auto (default auto)"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | fp16 | bf16 (default fp32)"),
     attention: Optional[str] = typer.Option(None, "--attention", help="sdpa (fused) | math (explicit) (default sdpa)"),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="subset of flops,params,latency,memory,throughput"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="subset of flops,fvcore,params,latency,memory,"
+                                          "throughput,fidelity (default all; flops alone takes seconds)"),
     repeats: Optional[int] = typer.Option(None, "--repeats", help="timed runs per point (default 5 on CPU, 30 on GPU)"),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="untimed warm-up runs (default 2 on CPU, 10 on GPU)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for inputs and random choices (default 0)"),
@@ -230,7 +231,8 @@ def sweep(
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     import torch
 
-    probe = registry.create_model(spec.backbone, "none", frames=spec.frames, size=spec.size, classes=spec.classes)
+    with torch.device("meta"):  # only its geometry is read
+        probe = registry.create_model(spec.backbone, "none", frames=spec.frames, size=spec.size, classes=spec.classes)
     name = result_filename(spec.method, spec.backbone, probe.info.frames, probe.info.size, device_tag, spec.dtype,
                            torch.__version__, stamp, fmt)
     hashes = [config_hash(spec, p) for p in points]

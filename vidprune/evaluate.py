@@ -243,16 +243,9 @@ def generated_clips(model: nn.Module, count: int = 8, batch: int = 4, seed: int 
 def build_method(model: nn.Module, method: str, keep: Optional[float], options: Optional[dict] = None,
                  seed: int = 0) -> nn.Module:
     """A method instance for `model`'s geometry, validated as `create_model` validates it."""
-    from vidprune import registry
+    from vidprune.registry import make_method
 
-    method_cls = registry.get_method(method)
-    family = model.info.family
-    if family not in method_cls.families:
-        raise VidpruneError(f"method '{method}' does not support the '{family}' backbone family.")
-    knob_value = None
-    if method_cls.knob is not None:
-        knob_value = method_cls.knob.validate(method_cls.knob.default if keep is None else keep)
-    return method_cls(model.info, knob_value, seed=seed, **registry.parse_options(method_cls, options))
+    return make_method(model.info, method, keep, options, seed=seed)
 
 
 @dataclass

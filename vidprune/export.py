@@ -24,7 +24,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -38,19 +38,6 @@ DEFAULT_OPSET = 18
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
 INSTALL_HINT = "pip install 'vidprune[export]'"
-
-
-# Methods that cannot export faithfully, until each method class declares `export_blocker` itself
-# (an attribute or property returning the reason, None when exportable), which takes precedence.
-_KNOWN_BLOCKERS: dict[str, Callable[[nn.Module], Optional[str]]] = {
-    "random": lambda method: (
-        "it draws its survivors from a seeded torch.Generator at every forward pass, which neither ONNX "
-        "exporter can capture (and ONNX's own random ops would draw different tokens). It is the control for "
-        "measurements: export evad for deployment (same layers and token counts, hence the same cost)."),
-    "sttm": lambda method: (
-        "it draws the first meta token of every merge from a seeded torch.Generator at every forward pass, "
-        "which neither ONNX exporter can capture. Measure STTM in PyTorch, or export evad or poguise."),
-}
 
 
 @dataclass
@@ -89,11 +76,7 @@ def export_blocker(model: nn.Module) -> Optional[str]:
     method = getattr(model, "method", None)
     if method is None:
         return None
-    declared = getattr(method, "export_blocker", None)
-    if declared:
-        return declared
-    known = _KNOWN_BLOCKERS.get(getattr(method, "name", ""))
-    return known(method) if known else None
+    return getattr(method, "export_blocker", None)
 
 
 def require_export_packages(check: bool = True, exporter: str = "dynamo") -> Optional[str]:

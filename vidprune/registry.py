@@ -201,9 +201,19 @@ def create_model(backbone: str = "vit-b", method: str = "none", keep: Optional[f
     if size is not None:
         kwargs["size"] = size
     model = spec.build(classes=classes, attention=attention, **kwargs)
+    model.set_method(make_method(model.info, method, keep, options, seed=seed))
+    model.backbone_name = backbone
+    return model.eval()
+
+
+def make_method(info, method: str, keep: Optional[float] = None, options: Optional[dict] = None,
+                seed: int = 0) -> nn.Module:
+    """A `method` instance for a backbone's geometry (`model.info`), its knob and options validated: what
+    `create_model` puts in place, and what swaps one method for another on the same weights."""
+    method_cls = get_method(method)
+    if info.family not in method_cls.families:
+        raise VidpruneError(f"method '{method}' does not support the '{info.family}' backbone family.")
     knob_value = None
     if method_cls.knob is not None:
         knob_value = method_cls.knob.validate(method_cls.knob.default if keep is None else keep)
-    model.set_method(method_cls(model.info, knob_value, seed=seed, **parse_options(method_cls, options)))
-    model.backbone_name = backbone
-    return model.eval()
+    return method_cls(info, knob_value, seed=seed, **parse_options(method_cls, options))

@@ -33,7 +33,11 @@ from vidprune.measure.throughput import is_out_of_memory, run_with_batch_backoff
 from vidprune.measure.timing import measure_latency
 from vidprune.results import FLOPS_CONVENTION
 
-ALL_METRICS = ("flops", "params", "latency", "memory", "throughput", "fidelity")
+# `flops` is the primary count plus thop, both on shape-only (meta) tensors where the forward allows it:
+# seconds even for ViT-L. `fvcore` adds fvcore's cross-check, which traces one real forward pass.
+ALL_METRICS = ("flops", "fvcore", "params", "latency", "memory", "throughput", "fidelity")
+# Metrics that need the model to run on real inputs on the device (the rest are counted or read).
+FORWARD_METRICS = {"latency", "memory", "throughput", "fidelity"}
 DEFAULT_REPEATS = {"cpu": 5, "cuda": 30}
 DEFAULT_WARMUP = {"cpu": 2, "cuda": 10}
 # Generated clips for label-free fidelity when no dataset is given: enough to see a method move the model,
@@ -305,6 +309,7 @@ class Runner:
 
             self.power_meter = open_power_meter(self.device)  # no power source here: a clear error now
         self._peak = None
+        self._counting_backbone = None
         self.environment = devices.environment(self.device)
         self.shared = {
             "backbone": spec.backbone, "batch": spec.batch, "device": str(self.device),
@@ -323,6 +328,22 @@ class Runner:
                                      size=self.spec.size, classes=self.spec.classes,
                                      attention=self.spec.attention, options=point.options, seed=self.spec.seed)
 
+    def _model(self, point: Point) -> torch.nn.Module:
+        """The point's model. A sweep that only counts (flops, params) never runs or changes the weights,
+        so all its points share one backbone and swap methods: initialising ViT-B's weights would otherwise
+        be most of a flops-only sweep's time."""
+        if set(self.spec.metrics) & FORWARD_METRICS or injected_fault(point):
+            return self.build(point)
+        if self._counting_backbone is None:
+            self._counting_backbone = self.build(Point("none", None, {}))
+        method = registry.make_method(self._counting_backbone.info, point.method, point.keep, point.options,
+                                      seed=self.spec.seed)
+        try:
+            self._counting_backbone.set_method(method)
+        except ValueError:  # a backbone an earlier method reshaped (TimeSformer's joint blocks): start afresh
+            self._counting_backbone = self.build(point)
+        return self._counting_backbone
+
     def precision(self):
         """The context every forward runs in: autocast when asked for, else nothing (weights are cast)."""
         if self.spec.autocast:
@@ -337,7 +358,7 @@ class Runner:
                    timestamp=now(), status="ok", error="", notes="", config_hash=config_hash(self.spec, point))
         notes: list[str] = []
         try:
-            model = self.build(point)
+            model = self._model(point)
             apply_injected_fault(point, model)
             method = model.method
             info = model.info
@@ -348,14 +369,16 @@ class Runner:
             metrics = set(self.spec.metrics)
             if "params" in metrics:
                 row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
-            if "flops" in metrics:
-                report = count_flops(model, seed=self.spec.seed)
+            if metrics & {"flops", "fvcore"}:
+                counters = ("torch", "thop") + (("fvcore",) if "fvcore" in metrics else ())
+                report = count_flops(model, counters=counters, seed=self.spec.seed)
                 row.update(gflops=report.gflops, gflops_fvcore=report.gflops_fvcore,
                            gflops_thop=report.gflops_thop, gflops_counter=report.counter,
                            counters_agree=report.counters_agree)
                 notes.extend(report.notes)
-            model = model.to(device=self.device, dtype=torch.float32 if self.spec.autocast else self.dtype)
-            self._check_finite(model)
+            if metrics & FORWARD_METRICS or fidelity is not None:
+                model = model.to(device=self.device, dtype=torch.float32 if self.spec.autocast else self.dtype)
+                self._check_finite(model)
             row["tokens_per_block"] = ",".join(map(str, model.last_trace))
             row["tokens_final"] = model.last_trace[-1] if model.last_trace else None
             # Input-dependent methods (frames kept per clip, ...) report their own statistics.
@@ -502,8 +525,9 @@ def run_sweep(spec: SweepSpec, on_row: Optional[Callable[[Point, dict], None]] =
     check_executor(executor, spec, executor_options or {})
     points = expand_points(spec)
     runner = validation_runner(spec, executor)
-    for point in points:
-        runner.build(point)
+    with torch.device("meta"):  # construction checks every point's settings; no weights are needed for that
+        for point in points:
+            runner.build(point)
     skip = set(skip)
     todo = [p for p in points if config_hash(spec, p) not in skip]
     return _measure_points(spec, runner, todo, on_row, executor, executor_options or {})

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
+
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -26,3 +29,25 @@ class BackboneInfo:
     @property
     def tokens_per_slice(self) -> int:
         return self.grid[1] * self.grid[2]
+
+
+class VideoBackbone(nn.Module):
+    """The contract the sweep, the methods and the evaluators read from every backbone family:
+    `info` (set by the family), the method in place, and what the last forward pass did:
+    `last_trace` (tokens entering each block for the first clip) and `last_stats` (input-dependent
+    statistics, e.g. frames kept)."""
+
+    info: BackboneInfo
+
+    def __init__(self):
+        super().__init__()
+        self.method: Optional[nn.Module] = None
+        self.last_trace: list[int] = []
+        self.last_stats: dict = {}
+
+    def set_method(self, method: nn.Module) -> None:
+        self.method = method
+
+    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """(B, C, T, H, W) of one RGB clip batch."""
+        return (batch, 3, self.info.frames, self.info.size, self.info.size)

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidprune.backbones.base import BackboneInfo
+from vidprune.backbones.base import BackboneInfo, VideoBackbone
 from vidprune.backbones.vit import check_input, check_input_geometry, explicit_attention
 from vidprune.errors import VidpruneError
 from vidprune.registry import register_backbone
@@ -200,7 +200,7 @@ class _AllFrames:
         return features, index
 
 
-class CLIPVideo(nn.Module):
+class CLIPVideo(VideoBackbone):
     """Frame-level CLIP video model: image tower per frame, frame method, temporal head, classifier."""
 
     family = "clip"
@@ -230,12 +230,6 @@ class CLIPVideo(nn.Module):
             embed_dim, temporal_layers, attention)
         self.temporal = temporal
         self.head = nn.Linear(embed_dim, classes)
-        self.method = None
-        self.last_trace: list[int] = []
-        self.last_stats: dict = {}
-
-    def set_method(self, method: nn.Module) -> None:
-        self.method = method
 
     @property
     def activation(self) -> str:
@@ -250,9 +244,6 @@ class CLIPVideo(nn.Module):
                                 "vidprune's CLIP image tower cannot reproduce these weights.")
         for block in self.visual.transformer.resblocks:
             block.mlp.gelu = ACTIVATIONS[name]()
-
-    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
-        return (batch, 3, self.info.frames, self.info.size, self.info.size)
 
     def _frame_method(self):
         return self.method if hasattr(self.method, "encoded_frames") else _AllFrames

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from vidprune.backbones.base import BackboneInfo
+from vidprune.backbones.base import BackboneInfo, VideoBackbone
 from vidprune.backbones.vit import Attention, Mlp, check_input, check_input_geometry
 from vidprune.registry import register_backbone
 from vidprune.tokens import TokenState
@@ -113,7 +113,7 @@ def run_blocks(blocks: nn.ModuleList, state: TokenState, method, trace: list[int
     return state
 
 
-class TimeSformer(nn.Module):
+class TimeSformer(VideoBackbone):
     family = "timesformer"
 
     def __init__(self, dim: int, depth: int, heads: int, frames: int = 8, size: int = 224, classes: int = 400,
@@ -130,9 +130,6 @@ class TimeSformer(nn.Module):
         self.blocks = nn.ModuleList(DividedBlock(dim, heads, mlp_ratio, attention) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, classes)
-        self.method = None
-        self.last_trace: list[int] = []
-        self.last_stats: dict = {}
         for p in (self.cls_token, self.pos_embed, self.time_embed):
             nn.init.trunc_normal_(p, std=0.02)
 
@@ -148,9 +145,6 @@ class TimeSformer(nn.Module):
             if i >= until and blk.divided:
                 blk.make_joint()
         self.method = method
-
-    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
-        return (batch, 3, self.info.frames, self.info.size, self.info.size)
 
     def position_table(self) -> torch.Tensor:
         """(T*n, D) position embedding of every grid token, frame-major: spatial + temporal, as added in

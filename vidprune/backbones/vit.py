@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidprune.backbones.base import BackboneInfo
+from vidprune.backbones.base import BackboneInfo, VideoBackbone
 from vidprune.errors import VidpruneError
 from vidprune.registry import register_backbone
 from vidprune.tokens import TokenState
@@ -147,7 +147,7 @@ def run_blocks(blocks: nn.ModuleList, state: TokenState, method, trace: list[int
     return state
 
 
-class VideoViT(nn.Module):
+class VideoViT(VideoBackbone):
     """Joint space-time ViT. `tubelet=1, cls_token=True, pool="cls"` gives the per-frame-patch ViT with a
     class token that STTM uses; the defaults are VideoMAE's."""
 
@@ -170,17 +170,8 @@ class VideoViT(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, attention) for _ in range(depth))
         self.fc_norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, classes)
-        self.method = None
-        self.last_trace: list[int] = []
-        self.last_stats: dict = {}
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
-
-    def set_method(self, method: nn.Module) -> None:
-        self.method = method
-
-    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
-        return (batch, 3, self.info.frames, self.info.size, self.info.size)
 
     def embed(self, video: torch.Tensor) -> TokenState:
         """Tokens of the clip with their grid positions; the class token, if any, leads with position -1."""

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidprune.backbones.base import BackboneInfo
+from vidprune.backbones.base import BackboneInfo, VideoBackbone
 from vidprune.backbones.vit import Attention as VitAttention
 from vidprune.backbones.vit import Block as VitBlock
 from vidprune.backbones.vit import Mlp, check_input_geometry
@@ -169,7 +169,7 @@ class JointEmbed(nn.Module):
         return x + self.pos_embed.to(x.dtype)
 
 
-class ViViT(nn.Module):
+class ViViT(VideoBackbone):
     family = "vivit"
 
     def __init__(self, dim: int, spatial_depth: int, temporal_depth: int, heads: int, frames: int = 16,
@@ -205,12 +205,6 @@ class ViViT(nn.Module):
         self.head = nn.Linear(dim, classes)
         for p in (self.temporal_cls, self.temporal_pos, self.modality_embed):
             nn.init.trunc_normal_(p, std=0.02)
-        self.method = None
-        self.last_trace: list[int] = []
-        self.last_stats: dict = {}
-
-    def set_method(self, method: nn.Module) -> None:
-        self.method = method
 
     # ------------------------------------------------------------------ inputs
 

@@ -44,10 +44,13 @@ class TokenMethod(nn.Module):
         return False
 
     def attention_tap(self, layer: int, state: TokenState):
-        """A callable `tap(probs, start)` that block `layer` feeds with its attention probabilities in
-        blocks of queries (B, heads, c, N), or None. Preferred over `needs_attention` when a method only
-        needs a reduction of the probabilities: the full N x N tensor is then never built. The tap is
-        passed to `after_attention` in place of the probabilities."""
+        """A callable `tap(probs, start, samples=slice(None))` that block `layer` feeds with its attention
+        probabilities in blocks of queries: `probs` (b, heads, c, N) holds queries start..start+c of the
+        samples `samples` of the batch (the backbone goes sample by sample so blocks stay cache-sized at
+        any batch). Or None. Preferred over `needs_attention` when a method only needs a reduction of the
+        probabilities: the full N x N tensor is then never built. A tap with a `query_rows = r` attribute
+        is fed only the first r queries (the rest run fused). The tap is passed to `after_attention` in
+        place of the probabilities."""
         return None
 
     def before_block(self, layer: int, state: TokenState) -> TokenState:

@@ -27,6 +27,10 @@ class RandomDrop(TokenMethod):
         Option("keyframe", False, "also protect the keyframe tokens, as EVAD does", parse_bool),
     )
     families = ("vit",)
+    export_blocker = ("it draws its survivors from a seeded torch.Generator at every forward pass, which neither "
+                      "ONNX exporter can capture (and ONNX's own random ops would draw different tokens). It is the "
+                      "control for measurements: export evad for deployment (same layers and token counts, hence "
+                      "the same cost).")
 
     def __init__(self, info, keep, seed: int = 0, **options):
         super().__init__(info, keep, seed=seed, **options)

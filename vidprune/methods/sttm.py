@@ -178,6 +178,9 @@ class STTM(TokenMethod):
     )
     families = ("vit", "timesformer")
     default_backbone = "vit-b-cls"
+    export_blocker = ("it draws the first meta token of every merge from a seeded torch.Generator at every forward "
+                      "pass, which neither ONNX exporter can capture. Measure STTM in PyTorch, or export evad or "
+                      "poguise.")
 
     def __init__(self, info, keep, seed: int = 0, **options):
         super().__init__(info, keep, seed=seed, **options)
