@@ -157,7 +157,31 @@ def render(rows, args, started: str, load_before: str, load_after: str, elapsed_
             f"| {r['method']} | {r['backbone']} | {r['geometry']} | {r['knob']} | {r['batch']} | {r['gflops_ref']:.2f} "
             f"| {r['gflops']:.2f} | {r['speedup_flops']:.2f}x | {r['latency_ref_ms']:.0f} | {r['latency_ms']:.0f} "
             f"| {r['speedup_latency']:.2f}x | {r['realized']:.2f} | {verdict(r)} |")
+    lines += ["", noise_note(rows), "", cuda_note()]
     return "\n".join(lines) + "\n"
+
+
+def cuda_note() -> str:
+    if torch.cuda.is_available():
+        return (f"This run was on CPU; CUDA is available here ({torch.cuda.get_device_name(0)}): time it with "
+                "`vidprune sweep --device cuda` (CUDA events, `--power` via NVML).")
+    return ("No CUDA GPU on this machine: the CUDA paths (CUDA-event timing, NVML power, the CUDA GEMM peak, "
+            "driver and clock probes) are covered by tests that skip without CUDA and have not been timed here.")
+
+
+def noise_note(rows) -> str:
+    """How much the same unpruned reference moved between methods' runs: the honest error bar on the ratios."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["backbone"], r["geometry"], r["batch"]), []).append(r["latency_ref_ms"])
+    spreads = [f"{b} {g} batch {n}: {min(v):.0f}-{max(v):.0f} ms over {len(v)} runs"
+               for (b, g, n), v in groups.items() if len(v) > 1]
+    text = ("Noise: each row times its own reference in alternation with the method, so the ratio is paired, "
+            "but the reference itself moved between rows")
+    if not spreads:
+        return text + " (no reference was timed more than once in this run)."
+    return (text + " (" + "; ".join(spreads) + "). A realized/theoretical ratio above 1.0 is such noise, not a "
+            "method beating its FLOP count; read the ratios to about ±0.1.")
 
 
 def csv_list(cast):

@@ -111,7 +111,8 @@ def sweep(
     attention: Optional[str] = typer.Option(None, "--attention", help="sdpa (fused) | math (explicit) (default sdpa)"),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="subset of flops,fvcore,params,latency,memory,"
                                           "throughput,fidelity (default all; flops alone takes seconds)"),
-    repeats: Optional[int] = typer.Option(None, "--repeats", help="timed runs per point (default 5 on CPU, 30 on GPU)"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="timed runs per point (default 5 on CPU, 30 on GPU, more for fast "
+                                         "models: at least 1 s of timed runs)"),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="untimed warm-up runs (default 2 on CPU, 10 on GPU)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed for inputs and random choices (default 0)"),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="folder for the result table"),

@@ -40,6 +40,10 @@ ALL_METRICS = ("flops", "fvcore", "params", "latency", "memory", "throughput", "
 FORWARD_METRICS = {"latency", "memory", "throughput", "fidelity"}
 DEFAULT_REPEATS = {"cpu": 5, "cuda": 30}
 DEFAULT_WARMUP = {"cpu": 2, "cuda": 10}
+# Without --repeats/--warmup, fast forwards run more often: at least this long timed / warming up.
+MIN_TIMED_S = 1.0
+MIN_WARMUP_S = 0.3
+MAX_AUTO_RUNS = 500
 # Generated clips for label-free fidelity when no dataset is given: enough to see a method move the model,
 # few enough that the default CPU sweep stays quick.
 DEFAULT_FIDELITY_CLIPS = {"cpu": 4, "cuda": 32}
@@ -393,8 +397,8 @@ class Runner:
                 used, latency, backoff = run_with_batch_backoff(lambda b: self._time(model, b), self.spec.batch)
                 notes.extend(backoff)
                 row.update(throughput_batch=used, latency_ms=latency.median_ms, latency_iqr_ms=latency.iqr_ms,
-                           latency_mean_ms=latency.mean_ms, noisy=latency.noisy, repeats=self.repeats,
-                           warmup=self.warmup)
+                           latency_mean_ms=latency.mean_ms, noisy=latency.noisy, repeats=latency.repeats,
+                           warmup=latency.warmup)
                 if "throughput" in metrics or self.spec.peak:
                     row["throughput"] = latency.throughput
                 if "latency" not in metrics:
@@ -481,7 +485,21 @@ class Runner:
             with self.precision():
                 return model(video)
 
-        return measure_latency(forward, self.device, batch, self.warmup, self.repeats)
+        warmup, repeats = self.warmup, self.repeats
+        if self.spec.repeats is None or self.spec.warmup is None:
+            # Defaults adapt to the model: a 5 ms forward timed 5 times after 2 warm-ups is noise (and the
+            # first point of a process still pays for thread-pool and allocator start-up), so fast models
+            # get at least MIN_TIMED_S of timed runs after MIN_WARMUP_S of warm-up. Explicit flags win.
+            with torch.inference_mode():
+                start = time.perf_counter()
+                forward()
+                devices.synchronize(self.device)
+                once = max(time.perf_counter() - start, 1e-6)
+            if self.spec.warmup is None:
+                warmup = max(warmup, min(MAX_AUTO_RUNS, math.ceil(MIN_WARMUP_S / once)))
+            if self.spec.repeats is None:
+                repeats = max(repeats, min(MAX_AUTO_RUNS, math.ceil(MIN_TIMED_S / once)))
+        return measure_latency(forward, self.device, batch, warmup, repeats)
 
 
 def reference_rows(spec: SweepSpec, shared: dict) -> list[dict]:

@@ -13,7 +13,6 @@ MACs and ``tflops`` is 1e12 MACs per second (half of the "2 FLOPs per MAC" figur
 from __future__ import annotations
 
 import math
-import operator
 import statistics
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from torch.utils import benchmark
 from vidprune.errors import VidpruneError
 from vidprune.measure.device import dtype_name, synchronize
 from vidprune.measure.throughput import is_out_of_memory
+from vidprune.measure.timing import as_int
 
 # Large enough to reach the GEMM plateau on the device class, small enough to finish in ~1-2 s.
 DEFAULT_SIZES = {"cuda": 4096, "mps": 2048, "cpu": 1024}
@@ -53,17 +53,6 @@ class PeakResult:
         return self.macs_per_s / 1e12
 
 
-def _whole(name: str, value: object, minimum: int, example: str) -> int:
-    # operator.index accepts numpy integers but not floats, strings or (below) bools.
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        number = None
-    if number is None or isinstance(value, bool) or number < minimum:
-        raise VidpruneError(f"{name} must be a whole number >= {minimum}, got {value!r}. Use e.g. {example}.")
-    return number
-
-
 def default_size(device: torch.device, dtype: torch.dtype) -> int:
     if device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
         return CPU_HALF_SIZE
@@ -86,9 +75,9 @@ def peak_matmul(
     """
     device = torch.device(device)
     name = dtype_name(dtype)  # rejects dtypes we never benchmark, with the allowed list
-    size = default_size(device, dtype) if size is None else _whole("size", size, 1, "--size 1024")
-    repeats = _whole("repeats", repeats, 1, "--repeats 10")
-    warmup = _whole("warmup", warmup, 0, "--warmup 3")
+    size = default_size(device, dtype) if size is None else as_int("size", size, 1, "--size 1024")
+    repeats = as_int("repeats", repeats, 1, "--repeats 10")
+    warmup = as_int("warmup", warmup, 0, "--warmup 3")
 
     try:
         # Normal values keep the fp16 sums (std ~ sqrt(size)) far from overflow.

@@ -45,7 +45,7 @@ class LatencyResult:
     batch: int
 
 
-def _as_int(name: str, value: object, minimum: int, example: str) -> int:
+def as_int(name: str, value: object, minimum: int, example: str) -> int:
     # operator.index accepts numpy integers but rejects floats and strings, which would otherwise
     # fail later as a confusing range() error.
     try:
@@ -103,9 +103,9 @@ def measure_latency(
     We enter ``torch.inference_mode()`` here too, so a caller who forgets it does not time autograd
     bookkeeping that inference never pays.
     """
-    warmup = _as_int("warmup", warmup, 0, "--warmup 5")
-    repeats = _as_int("repeats", repeats, 1, "--repeats 20")
-    batch = _as_int("batch", batch, 1, "--batch 1")
+    warmup = as_int("warmup", warmup, 0, "--warmup 5")
+    repeats = as_int("repeats", repeats, 1, "--repeats 20")
+    batch = as_int("batch", batch, 1, "--batch 1")
     device = torch.device(device)
 
     with torch.inference_mode():
