@@ -287,6 +287,11 @@ def sweep(
         console.print(f"[yellow]note:[/yellow] {escape(note)}")
     if any(n.startswith("thop reads") for n in all_notes):
         console.print("note: thop reads lower than the primary counter: it hooks modules only and misses the attention matmuls.")
+    if "fidelity_source" in df.columns and (df["fidelity_source"] == "generated clips").any():
+        console.print("note: agreement/cosine compare each point with the unpruned model on generated clips "
+                      "and random weights: they say how far a method moves the model, not task accuracy; near-uniform random-weight "
+                      "predictions make agreement fragile, cosine is the steadier of the two. Add --data and "
+                      "--checkpoint for accuracy.")
     console.print(f"wrote {path}")
     if failed:
         err_console.print(f"[red]{failed} point(s) did not measure cleanly; see the status and error columns.[/red]")

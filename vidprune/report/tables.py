@@ -11,10 +11,11 @@ from rich.table import Table
 REFERENCE_METHOD = "none"
 _STATUS_ORDER = {"ok": 0, "reference": 1}
 _ROUND = {"keep": 3, "gflops": 2, "params_m": 2, "throughput": 3, "peak_mem_mib": 0, "accuracy": 4, "top5": 4,
-          "agreement": 3, "speedup_latency": 2, "power_w": 1, "energy_j_per_clip": 3}
+          "agreement": 3, "cosine": 3, "speedup_latency": 2, "power_w": 1, "energy_j_per_clip": 3}
 # Quality columns worth a terminal column when they have values (top1 repeats accuracy; speedup_flops is
 # what gflops_change already says; kl/cosine stay in the file).
-_SUMMARY_QUALITY = ("accuracy", "top5", "map", "agreement", "speedup_latency", "power_w", "energy_j_per_clip")
+_SUMMARY_QUALITY = ("accuracy", "top5", "map", "agreement", "cosine", "speedup_latency", "power_w",
+                    "energy_j_per_clip")
 # Shown even when empty, so a table always reads the same way; other cost columns only when measured.
 _ALWAYS = {"method", "backbone", "keep", "gflops", "gflops_change", "status"}
 # Rendered left-aligned; everything else right-aligned.
