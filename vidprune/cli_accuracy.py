@@ -275,7 +275,7 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 | bf16"),
         attention: str = typer.Option("sdpa", "--attention", help="sdpa | math"),
         metrics: str = typer.Option(EVAL_DEFAULT_METRICS, "--metrics",
-                                    help="efficiency columns too: subset of flops,params,latency,memory,throughput ('' for none)"),
+                                    help="efficiency columns too: subset of flops,fvcore,params,latency,memory,throughput ('' for none)"),
         seed: int = typer.Option(0, "--seed"),
         trust_checkpoint: bool = TRUST_OPTION,
         out: Path = typer.Option(Path("results"), "--out", "-o", help="folder for the result table"),

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from vidprune.errors import VidpruneError
+from vidprune.sweep import ALL_METRICS
 
 SWEEP_KEYS = {"method", "backbone", "keep", "frames", "size", "classes", "batch", "device", "dtype",
               "attention", "metrics", "repeats", "warmup", "seed", "options"}
@@ -16,7 +17,7 @@ TOP_KEYS = {"name", "description", "paper", "sweep", "convention", "references"}
 # The schema: integer keys with their lowest allowed value, keys with a fixed set of values.
 _INT_KEYS = {"frames": 1, "size": 1, "classes": 1, "batch": 1, "repeats": 1, "warmup": 0, "seed": 0}
 _CHOICES = {"dtype": ("fp32", "fp16", "bf16", "float32", "float16", "bfloat16"), "attention": ("sdpa", "math"),
-            "metrics": ("flops", "params", "latency", "memory", "throughput")}
+            "metrics": ALL_METRICS}
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _SCALAR = (str, int, float, bool)
 
