@@ -365,7 +365,7 @@ def profile(
                                    ("peak_mem_mib", "peak memory added (MiB)", "{:.1f}"),
                                    ("throughput", "throughput (clips/s)", "{:.2f}"),
                                    ("throughput_batch", "batch", "{}"), ("tokens_per_block", "tokens per block", "{}"),
-                                   ("agreement", "agreement with unpruned (generated clips)", "{:.3f}"),
+                                   ("agreement", "agreement with unpruned (generated clips, random weights: fragile)", "{:.3f}"),
                                    ("kl", "KL to unpruned (nats)", "{:.4f}"), ("cosine", "feature cosine to unpruned", "{:.4f}"),
                                    ("power_w", "average power (W)", "{:.1f}"),
                                    ("energy_j_per_clip", "energy per clip (J)", "{:.3f}"),
