@@ -668,6 +668,17 @@ def method_state(source: str | Path | dict | RawCheckpoint, trust: bool = False)
     return {k[len("method."):]: v for k, v in raw.state.items() if k.startswith("method.")}
 
 
+def restore_method_state(raw: RawCheckpoint, method: nn.Module) -> bool:
+    """Give `method` the parameters it was trained with (a learned scorer, FFRes, ...) when `raw` is a
+    `vidprune train` checkpoint of the same method; True when something was loaded."""
+    if raw.meta.get("method") != getattr(method, "name", None) or not any(True for _ in method.parameters()):
+        return False
+    learned = method_state(raw)
+    if learned:
+        method.load_state_dict(learned, strict=False)
+    return bool(learned)
+
+
 def _check_hf_config(model: nn.Module, config: dict) -> None:
     """Head count and patch geometry are not visible in the weights: check them against config.json."""
     config = config.get("vision_config") or config  # CLIPModel nests the image tower's settings

@@ -51,6 +51,22 @@ def _resolve_backbone(backbone: Optional[str], raw, method_cls) -> str:
     return getattr(method_cls, "default_backbone", "vit-b")
 
 
+def resolve_checkpoint(checkpoint: Optional[Path], trust: bool, method_cls, backbone: Optional[str],
+                       frames: Optional[int], size: Optional[int], classes: Optional[int], default_classes: int):
+    """(raw checkpoint or None, backbone, frames, size, classes): flags first, then what the checkpoint
+    records or its tensors show, then the method's default backbone and `default_classes`."""
+    from vidprune import registry
+    from vidprune.checkpoints import checkpoint_classes, read_checkpoint
+
+    raw = read_checkpoint(checkpoint, trust=trust) if checkpoint is not None else None
+    backbone = _resolve_backbone(backbone, raw, method_cls)
+    frames, size = _resolve_geometry(raw, frames, size)
+    if classes is None:
+        family = registry.get_backbone(backbone).family
+        classes = (checkpoint_classes(raw.state, family) if raw is not None else None) or default_classes
+    return raw, backbone, frames, size, classes
+
+
 def _fmt(value, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -105,7 +121,7 @@ def open_dataset(*, data, root, checkpoint, trust_checkpoint: bool, method_cls, 
     """Read the list file and the checkpoint, settle backbone, geometry and classes, build the model with
     the weights loaded. `warn`/`say` print a warning / an informational line."""
     from vidprune import registry
-    from vidprune.checkpoints import checkpoint_classes, load_checkpoint, read_checkpoint
+    from vidprune.checkpoints import load_checkpoint
     from vidprune.data.datasets import open_video_list
 
     videos = open_video_list(data, root)
@@ -113,12 +129,8 @@ def open_dataset(*, data, root, checkpoint, trust_checkpoint: bool, method_cls, 
         warn(f"bad list line {line}")
     if len(videos.bad_lines) > _MAX_LISTED:
         warn(f"... and {len(videos.bad_lines) - _MAX_LISTED} more bad lines")
-    raw = read_checkpoint(checkpoint, trust=trust_checkpoint) if checkpoint is not None else None
-    backbone = _resolve_backbone(backbone, raw, method_cls)
-    frames, size = _resolve_geometry(raw, frames, size)
-    if classes is None:
-        family = registry.get_backbone(backbone).family
-        classes = (checkpoint_classes(raw.state, family) if raw is not None else None) or videos.num_classes
+    raw, backbone, frames, size, classes = resolve_checkpoint(checkpoint, trust_checkpoint, method_cls, backbone,
+                                                              frames, size, classes, videos.num_classes)
     model = registry.create_model(backbone, "none", frames=frames, size=size, classes=classes,
                                   attention=attention, seed=seed)
     notes: list[str] = []
@@ -152,14 +164,11 @@ def evaluate_dataset(setup: DatasetSetup, points, *, device, dtype, seed: int, s
         raise VidpruneError(f"--limit must be at least 1, got {limit}.")
     model, raw = setup.model, setup.raw
     methods = [build_method(model, p.method, p.keep, p.options, seed) for p in points]
-    if raw is not None and raw.meta.get("method"):
-        from vidprune.checkpoints import method_state
+    if raw is not None:
+        from vidprune.checkpoints import restore_method_state
 
-        learned = method_state(raw)
-        for point, instance in zip(points, methods):
-            # a method trained in place (a learned scorer, ...) gets its trained parameters back
-            if learned and point.method == raw.meta["method"] and any(True for _ in instance.parameters()):
-                instance.load_state_dict(learned, strict=False)
+        for instance in methods:
+            restore_method_state(raw, instance)
     model = model.to(device=device, dtype=dtype)
     info = model.info
     if norm == "auto" and raw is not None and raw.meta.get("normalization"):
@@ -295,7 +304,8 @@ def register(app: typer.Typer) -> None:
         setup = open_dataset(data=data, root=root, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint,
                              method_cls=method_cls, backbone=backbone, frames=frames, size=size, classes=classes,
                              attention=attention, seed=seed, warn=warn, say=lambda t: console.print(escape(t)))
-        metric_list = tuple(m.strip() for m in metrics.split(",") if m.strip())
+        # fidelity comes from the dataset pass, on real clips, not from generated ones
+        metric_list = tuple(m.strip() for m in metrics.split(",") if m.strip() and m.strip() != "fidelity")
         options = parse_set(set_ or [], method_cls)
         spec = SweepSpec(method=method, keeps=parse_keeps(keep) if keep else [], backbone=setup.backbone,
                          frames=setup.frames, size=setup.size, classes=setup.classes, batch=1, device=device,
@@ -313,7 +323,7 @@ def register(app: typer.Typer) -> None:
         rows = []
         for point, columns in zip(points, result.columns):
             if metric_list:
-                row = runner.measure(point, fidelity={})  # accuracy and fidelity come from the dataset pass
+                row = runner.measure(point)
             else:
                 from vidprune.evaluate import build_method
 

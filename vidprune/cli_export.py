@@ -62,8 +62,8 @@ def register(app: typer.Typer) -> None:
         """Export a model with its method in place to ONNX (static shapes), checked against PyTorch in
         onnxruntime on two different inputs: the first step towards a TensorRT engine (docs/export.md)."""
         from vidprune import registry
-        from vidprune.checkpoints import checkpoint_classes, load_checkpoint, method_state, read_checkpoint
-        from vidprune.cli_accuracy import _resolve_backbone, _resolve_geometry
+        from vidprune.checkpoints import load_checkpoint, restore_method_state
+        from vidprune.cli_accuracy import resolve_checkpoint
         from vidprune.export import export_blocker, export_onnx, require_export_packages
 
         method_cls = registry.get_method(method)
@@ -74,12 +74,8 @@ def register(app: typer.Typer) -> None:
         options = single_options(set_ or [], method_cls)
         # before any model is built: a missing package should not cost a checkpoint load
         require_export_packages(check=not no_check, exporter=exporter)
-        raw = read_checkpoint(checkpoint, trust=trust_checkpoint) if checkpoint is not None else None
-        backbone = _resolve_backbone(backbone, raw, method_cls)
-        frames, size = _resolve_geometry(raw, frames, size)
-        if classes is None:
-            family = registry.get_backbone(backbone).family
-            classes = (checkpoint_classes(raw.state, family) if raw is not None else None) or 400
+        raw, backbone, frames, size, classes = resolve_checkpoint(checkpoint, trust_checkpoint, method_cls, backbone,
+                                                                  frames, size, classes, default_classes=400)
         model = registry.create_model(backbone, method, keep, frames=frames, size=size, classes=classes,
                                       options=options, seed=seed)
         blocker = export_blocker(model)
@@ -90,10 +86,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"{escape(str(checkpoint))}: {escape(loaded.summary())}")
             for note in loaded.notes:
                 console.print(f"  note: {escape(note)}")
-            if raw.meta.get("method") == method:
-                learned = method_state(raw)
-                if learned and any(True for _ in model.method.parameters()):
-                    model.method.load_state_dict(learned, strict=False)  # a scorer trained with the method
+            restore_method_state(raw, model.method)  # a scorer trained with the method
         else:
             err_console.print("[yellow]warning:[/yellow] no --checkpoint: random weights (fine for timing a "
                               "TensorRT engine, not for predictions)", soft_wrap=True)

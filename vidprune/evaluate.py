@@ -216,12 +216,12 @@ def fidelity_to_unpruned(model: nn.Module, clips, seed: int = 0) -> dict:
 
 
 def _to_model(model: nn.Module, videos):
-    from vidprune.measure.flops import _to
+    from vidprune.measure.flops import move_inputs
 
     param = next(model.parameters(), None)
     if param is None:
         return videos
-    return _to(videos, param.device, param.dtype)
+    return move_inputs(videos, param.device, param.dtype)
 
 
 def generated_clips(model: nn.Module, count: int = 8, batch: int = 4, seed: int = 0) -> list[torch.Tensor]:

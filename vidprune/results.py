@@ -86,8 +86,8 @@ def _group_key(row: pd.Series, keys: Sequence[str]) -> tuple:
 def add_speedups(df: pd.DataFrame) -> pd.DataFrame:
     """Fill speedup_flops (reference GFLOPs / GFLOPs) and speedup_latency (reference latency / latency)
     for every row that has an unpruned row (method `none`, status ok, or status reference for paper rows)
-    with the same backbone, geometry, batch, device, dtype and attention. Rows without one stay empty:
-    a speedup against a reference measured differently would be a wrong number."""
+    with the same SPEEDUP_GROUP settings. Rows without one stay empty: a speedup against a reference
+    measured differently would be a wrong number."""
     df = df.copy()
     for col in ("speedup_flops", "speedup_latency"):
         if col not in df.columns:
@@ -96,21 +96,20 @@ def add_speedups(df: pd.DataFrame) -> pd.DataFrame:
         return df
     keys = [k for k in SPEEDUP_GROUP if k in df.columns]
     status = df["status"].astype(str).str.lower() if "status" in df.columns else pd.Series("ok", index=df.index)
-    references: dict = {}
-    for index, row in df[(df["method"].astype(str) == REFERENCE_METHOD) & status.isin(["ok", "reference"])].iterrows():
-        references.setdefault((status[index], _group_key(row, keys)), row)
+    group = {i: (status[i], _group_key(df.loc[i], keys)) for i in df.index}
+    is_reference = (df["method"].astype(str) == REFERENCE_METHOD) & status.isin(["ok", "reference"])
+    reference_of: dict = {}
+    for i in df.index[is_reference]:
+        reference_of.setdefault(group[i], i)
     for metric, column in (("gflops", "speedup_flops"), ("latency_ms", "speedup_latency")):
         if metric not in df.columns:
             continue
         values = pd.to_numeric(df[metric], errors="coerce")
-        reference_values = {key: pd.to_numeric(pd.Series([row[metric]]), errors="coerce").iloc[0]
-                            for key, row in references.items()}
         speedups = []
-        for index, row in df.iterrows():
-            ref_value = reference_values.get((status[index], _group_key(row, keys)), float("nan"))
-            value = values[index]
-            usable = pd.notna(ref_value) and pd.notna(value) and value > 0
-            speedups.append(float(ref_value) / float(value) if usable else float("nan"))
+        for i in df.index:
+            ref = reference_of.get(group[i])
+            usable = ref is not None and pd.notna(values[ref]) and pd.notna(values[i]) and values[i] > 0
+            speedups.append(float(values[ref] / values[i]) if usable else float("nan"))
         df[column] = speedups
     return df
 

@@ -354,10 +354,10 @@ class Runner:
             return torch.autocast(self.device.type, dtype=self.dtype)
         return contextlib.nullcontext()
 
-    def measure(self, point: Point, fidelity: Optional[dict] = None) -> dict:
-        """One row; never raises for a failure inside the measurement (it is recorded instead).
-        `fidelity`: columns already measured elsewhere (on a dataset); otherwise the `fidelity` metric
-        compares against the unpruned model on generated clips."""
+    def measure(self, point: Point) -> dict:
+        """One row; never raises for a failure inside the measurement (it is recorded instead). The
+        `fidelity` metric compares against the unpruned model on generated clips; a dataset pass
+        (`sweep --data`, `eval`) drops that metric and adds its own columns to the row."""
         row = dict(self.shared, method=point.method, keep=1.0 if point.keep is None else point.keep,
                    timestamp=now(), status="ok", error="", notes="", config_hash=config_hash(self.spec, point))
         notes: list[str] = []
@@ -380,16 +380,14 @@ class Runner:
                            gflops_thop=report.gflops_thop, gflops_counter=report.counter,
                            counters_agree=report.counters_agree)
                 notes.extend(report.notes)
-            if metrics & FORWARD_METRICS or fidelity is not None:
+            if metrics & FORWARD_METRICS:
                 model = model.to(device=self.device, dtype=torch.float32 if self.spec.autocast else self.dtype)
                 self._check_finite(model)
             row["tokens_per_block"] = ",".join(map(str, model.last_trace))
             row["tokens_final"] = model.last_trace[-1] if model.last_trace else None
             # Input-dependent methods (frames kept per clip, ...) report their own statistics.
             row.update(getattr(model, "last_stats", None) or {})
-            if fidelity is not None:
-                row.update(fidelity)
-            elif "fidelity" in metrics:
+            if "fidelity" in metrics:
                 row.update(self._fidelity(model, point), fidelity_source="generated clips")
             if self.spec.compile:
                 model = self._compile(model)
@@ -447,11 +445,8 @@ class Runner:
         # dynamic=False: one graph per token-count shape, each compiled during the warm-up runs, so the
         # timed runs never include compilation.
         backend = os.environ.get(COMPILE_BACKEND_ENV, "inductor")
-        compiled = torch.compile(model, dynamic=False, backend=backend)
-        for name in ("info", "method", "last_trace", "last_stats", "make_input", "input_shape"):
-            if hasattr(model, name) and not hasattr(compiled, name):
-                setattr(compiled, name, getattr(model, name))
-        return compiled
+        # the compiled wrapper forwards attribute reads (info, make_input, ...) to the model
+        return torch.compile(model, dynamic=False, backend=backend)
 
     def _power(self, model: torch.nn.Module, batch: int, latency_ms: float) -> dict:
         """Average power and energy per clip over a window of back-to-back forwards long enough to sample."""

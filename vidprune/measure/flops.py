@@ -100,14 +100,25 @@ def meta_twin(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def to_meta(inputs):
+def map_tensors(fn, inputs):
+    """`fn` applied to every tensor of a model input: a tensor, or a dict / list / tuple of them (the
+    multi-modal ViViT takes RGB + depth + skeleton)."""
     if isinstance(inputs, torch.Tensor):
-        return torch.empty_like(inputs, device="meta")
+        return fn(inputs)
     if isinstance(inputs, dict):
-        return {k: to_meta(v) for k, v in inputs.items()}
+        return {k: map_tensors(fn, v) for k, v in inputs.items()}
     if isinstance(inputs, (list, tuple)):
-        return type(inputs)(to_meta(v) for v in inputs)
+        return type(inputs)(map_tensors(fn, v) for v in inputs)
     return inputs
+
+
+def to_meta(inputs):
+    return map_tensors(lambda t: torch.empty_like(t, device="meta"), inputs)
+
+
+def move_inputs(inputs, device, dtype):
+    """Model inputs on `device`; floating-point tensors in `dtype`, integer ones (indices, masks) as they are."""
+    return map_tensors(lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype), inputs)
 
 
 def count_torch_shapes_only(model: nn.Module, inputs: tuple) -> Optional[float]:
@@ -173,17 +184,10 @@ def example_input(model: nn.Module, batch: int = 1, device=None, dtype=torch.flo
     generator = torch.Generator().manual_seed(seed)
     if hasattr(model, "make_input"):
         inputs = model.make_input(batch, generator)
-        return _to(inputs, device or "cpu", dtype)
+        return move_inputs(inputs, device or "cpu", dtype)
     video = torch.randn(model.input_shape(batch), generator=generator, dtype=torch.float32)
     return video.to(device=device or "cpu", dtype=dtype)
 
-
-def _to(inputs, device, dtype):
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(device=device, dtype=dtype if inputs.is_floating_point() else inputs.dtype)
-    if isinstance(inputs, dict):
-        return {k: _to(v, device, dtype) for k, v in inputs.items()}
-    return type(inputs)(_to(v, device, dtype) for v in inputs)
 
 
 def count_flops(model: nn.Module, counters: Sequence[str] = ("torch", "fvcore", "thop"),

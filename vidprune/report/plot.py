@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 
 from vidprune.errors import VidpruneError  # noqa: E402
 from vidprune.report.pareto import pareto_mask  # noqa: E402
-from vidprune.results import COST_COLUMNS, QUALITY_COLUMNS  # noqa: E402
+from vidprune.results import COST_COLUMNS, QUALITY_COLUMNS, REFERENCE_METHOD  # noqa: E402
 
 AXIS_LABELS = {
     "gflops": "GFLOPs (1 MAC = 1 FLOP, per clip)",
@@ -39,7 +39,6 @@ AXIS_LABELS = {
 }
 SPEEDUP_COLUMNS = ("speedup_flops", "speedup_latency")
 
-REFERENCE_METHOD = "none"
 _BACKBONE_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
 _BACKBONE_STYLES = ["-", "--", "-.", ":"]
 _LABEL_OFFSETS = [(6, 4), (6, -4), (-6, 4), (-6, -4)]  # points; the sign picks the corner

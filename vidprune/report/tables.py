@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-REFERENCE_METHOD = "none"
+from vidprune.results import REFERENCE_METHOD
+
 _STATUS_ORDER = {"ok": 0, "reference": 1}
 _ROUND = {"keep": 3, "gflops": 2, "params_m": 2, "throughput": 3, "peak_mem_mib": 0, "accuracy": 4, "top5": 4,
           "agreement": 3, "cosine": 3, "speedup_latency": 2, "power_w": 1, "energy_j_per_clip": 3}
