@@ -383,6 +383,15 @@ def test_profile_bad_input_is_one_error_line(args):
     assert_user_error(invoke("profile", *args, "--repeats", "2", "--warmup", "0"))
 
 
+@pytest.mark.parametrize("args, needles", [
+    (["--set", "w_kf=2,4"], ["--set w_kf takes one value", "'2,4'", "vidprune sweep"]),
+    (["--keep", "0.6,0.7"], ["--keep takes one value", "'0.6,0.7'", "vidprune sweep"]),
+])
+def test_profile_measures_one_point_and_points_to_sweep_for_a_grid(args, needles):
+    result = invoke("profile", "--backbone", "vit-tiny", "--method", "evad", *args, "--device", "cpu")
+    assert_user_error(result, "profile measures one point", *needles)
+
+
 def _bad_tables(tmp_path) -> dict[str, str]:
     garbage = tmp_path / "x.parquet"
     garbage.write_bytes(bytes(range(256)) * 8)

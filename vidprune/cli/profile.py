@@ -12,7 +12,7 @@ from rich.table import Table
 
 from vidprune.cli.app import (ATTENTION_OPTION, AUTOCAST_OPTION, COMPILE_OPTION, DEVICE_OPTION, DTYPE_OPTION,
                               FRAMES_OPTION, PEAK_OPTION, POWER_OPTION, SET_ONE_OPTION, SIZE_OPTION, app, console,
-                              user_errors)
+                              single_options, user_errors)
 from vidprune.errors import VidpruneError
 
 
@@ -41,10 +41,11 @@ def profile(
     """Show the device and environment, then GFLOPs, params, latency, memory, throughput and fidelity of one
     model; with --peak, the device's GEMM throughput and the fraction of it the model achieves."""
     from vidprune import registry
-    from vidprune.sweep import Point, Runner, SweepSpec, parse_keeps, parse_set
+    from vidprune.sweep import Point, Runner, SweepSpec, parse_keeps
 
     method_cls = registry.get_method(method)
-    options = {k: v[0] for k, v in parse_set(set_ or [], method_cls).items()}
+    options = single_options(set_ or [], method_cls, "profile measures one point: --set {name} takes one value, "
+                             "got '{values}'. Use `vidprune sweep` for a grid.")
     if keep is not None:
         values = parse_keeps(keep)
         if len(values) != 1:
