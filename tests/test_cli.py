@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,9 +19,9 @@ import torch
 from typer.testing import CliRunner
 
 import vidprune
-from vidprune import cli, registry
+from vidprune import registry
 from vidprune import sweep as sweep_mod
-from vidprune.cli import app
+from vidprune.cli.app import app, console, err_console
 
 FAST = ["--backbone", "vit-tiny", "--device", "cpu", "--repeats", "2", "--warmup", "0"]
 TORCH_TAG = "pt" + re.sub(r"[^0-9a-zA-Z]+", "", torch.__version__.split("+")[0])  # pt2130 for torch 2.13.0
@@ -82,8 +85,8 @@ def options_of(df: pd.DataFrame) -> list[dict]:
 
 def _widen(mp: pytest.MonkeyPatch) -> None:
     # Rich would otherwise size tables to the terminal when pytest runs with -s in a narrow one.
-    for console in (cli.console, cli.err_console):
-        mp.setattr(console, "width", 200)
+    for stream in (console, err_console):
+        mp.setattr(stream, "width", 200)
 
 
 @pytest.fixture(autouse=True)
@@ -108,6 +111,21 @@ def test_version_prints_package_version():
     text = ok(invoke("--version"))
     assert vidprune.__version__ in text
     assert text.startswith("vidprune ")
+
+
+def test_help_lists_every_command_in_order():
+    text = ok(invoke("--help"))
+    listed = [line.split()[0] for line in text.split("Commands:", 1)[1].splitlines() if line.strip()]
+    assert listed == ["sweep", "profile", "plot", "table", "list", "eval", "train", "export", "data"]
+
+
+def test_cli_import_leaves_torch_unloaded():
+    """`vidprune --help` and `--version` stay fast: the command modules import torch and the library only
+    when a command runs."""
+    code = "import sys, vidprune.cli; print(sorted(m for m in ('torch', 'pandas', 'vidprune.sweep') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(vidprune.__file__).resolve().parent.parent)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
 def test_list_shows_every_backbone_and_method_with_knob_defaults():
@@ -275,9 +293,11 @@ def test_profile_prints_gflops():
 
 
 def test_profile_json():
-    result = invoke("profile", "--method", "evad", "--keep", "0.7", *FAST, "--json")
+    # layers is not a grid option: its commas stay in one value
+    result = invoke("profile", "--method", "evad", "--keep", "0.7", "--set", "layers=2,3", *FAST, "--json")
     ok(result)
     data = json.loads(streams(result)[0])
+    assert json.loads(data["result"]["options"])["layers"] == "2,3"
     assert set(data) >= {"environment", "result"}
     assert data["result"]["gflops"] > 0
     assert data["result"]["status"] == "ok"
@@ -361,6 +381,15 @@ def test_sweep_cuda_without_cuda_is_a_user_error(tmp_path):
 ])
 def test_profile_bad_input_is_one_error_line(args):
     assert_user_error(invoke("profile", *args, "--repeats", "2", "--warmup", "0"))
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--set", "w_kf=2,4"], ["--set w_kf takes one value", "'2,4'", "vidprune sweep"]),
+    (["--keep", "0.6,0.7"], ["--keep takes one value", "'0.6,0.7'", "vidprune sweep"]),
+])
+def test_profile_measures_one_point_and_points_to_sweep_for_a_grid(args, needles):
+    result = invoke("profile", "--backbone", "vit-tiny", "--method", "evad", *args, "--device", "cpu")
+    assert_user_error(result, "profile measures one point", *needles)
 
 
 def _bad_tables(tmp_path) -> dict[str, str]:

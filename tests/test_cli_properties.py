@@ -23,8 +23,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from vidprune import cli  # noqa: E402
-from vidprune.cli import app  # noqa: E402
+from vidprune.cli.app import app, console, err_console  # noqa: E402
 from vidprune.recipes import load_recipe  # noqa: E402
 from vidprune.results import COLUMNS  # noqa: E402
 from vidprune.sweep import SweepSpec, config_hash, expand_points  # noqa: E402
@@ -37,8 +36,8 @@ PROPERTY = settings(max_examples=6, deadline=None, derandomize=True, database=No
 
 @pytest.fixture(autouse=True)
 def _wide_consoles(monkeypatch):
-    for console in (cli.console, cli.err_console):
-        monkeypatch.setattr(console, "width", 200)
+    for stream in (console, err_console):
+        monkeypatch.setattr(stream, "width", 200)
 
 
 def invoke(args):

@@ -5,13 +5,16 @@ file, and `vidprune eval` / `vidprune data synth` end to end."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from vidprune.cli import app
+from vidprune import registry
+from vidprune.accuracy import dataset_row, evaluate_dataset, open_dataset
+from vidprune.cli.app import app
 from vidprune.data import synthetic
 from vidprune.data.datasets import VideoDataset, VideoSample, make_loader, read_list_file
 from vidprune.data.samplers import make_sampler
@@ -20,6 +23,7 @@ from vidprune.evaluate import (AccuracyMeter, FidelityMeter, build_method, evalu
                                features_and_logits, fidelity_columns, fidelity_to_unpruned,
                                generated_clips)
 from vidprune.registry import create_model
+from vidprune.sweep import Point
 
 FRAMES, SIZE = 4, 32
 
@@ -153,6 +157,41 @@ def test_evaluate_methods_on_decoded_videos_skips_a_missing_file(synth, tmp_path
     assert model.method is methods[0]  # the model gets its own method back
     single = evaluate(model, make_loader(dataset, batch_size=3), 3, on_skip=lambda p, r: None)
     assert single["top1"] == reference.accuracy["top1"] and single["skipped"] == 1 and single["views"] == 4
+
+
+def test_dataset_pass_from_python_reports_through_plain_callables(synth):
+    """vidprune.accuracy without the command line: warnings, lines and progress go to the callables given,
+    and by default to `warnings.warn` and nowhere."""
+    (synth / "with_bad_line.txt").write_text((synth / "val.txt").read_text() + "nolabel.mp4\n")
+    warned, said, opened, advanced = [], [], [], []
+
+    @contextmanager
+    def progress(description, total):
+        opened.append((description, total))
+        yield advanced.append
+
+    dataset = dict(data=synth / "with_bad_line.txt", root=None, checkpoint=None, trust_checkpoint=False,
+                   method_cls=registry.get_method("evad"), backbone="vit-tiny", frames=FRAMES, size=SIZE,
+                   classes=None, attention="sdpa", seed=0)
+    setup = open_dataset(**dataset, warn=warned.append, say=said.append)
+    assert setup.classes == 3 and said == []
+    assert len(warned) == 2 and warned[0].startswith("bad list line") and "nolabel.mp4" in warned[0]
+    assert warned[1].startswith("no --checkpoint: random weights")
+    points = [Point("none", None, {}), Point("evad", 1.0, {})]
+    run = dict(device=torch.device("cpu"), dtype=torch.float32, seed=0, sampling="uniform", stride=4, clips=2,
+               crops=1, short_side=None, norm="auto", batch=4, workers=0, limit=None)
+    result = evaluate_dataset(setup, points, **run, progress=progress, warn=warned.append)
+    assert opened == [("2 point(s) on 6 videos x 2 views", 6)] and sum(advanced) == 6
+    assert result.videos == 6 and result.views == 2 and len(warned) == 2
+    assert result.columns[1]["agreement"] == 1.0 and result.columns[1]["fidelity_source"] == "dataset"
+    row = dataset_row({"gflops": 1.5, "notes": "measured"}, setup, result, result.columns[1])
+    assert row["gflops_per_video"] == 3.0 and row["eval_videos"] == 6
+    assert row["notes"] == "measured | random weights (no checkpoint)"
+
+    with pytest.warns(UserWarning) as caught:
+        setup = open_dataset(**dataset)
+    assert [str(w.message) for w in caught] == warned[:2]
+    assert evaluate_dataset(setup, points[:1], **run).videos == 6  # no progress display, no warnings needed
 
 
 # ------------------------------------------------------------------------------------------ CLI

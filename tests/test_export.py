@@ -17,6 +17,7 @@ pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
 from vidprune import registry  # noqa: E402
+from vidprune.cli.app import app  # noqa: E402
 from vidprune.errors import VidpruneError  # noqa: E402
 from vidprune.export import export_onnx, require_export_packages  # noqa: E402
 from vidprune.measure.flops import example_input  # noqa: E402
@@ -129,18 +130,8 @@ def test_missing_onnxruntime_names_the_install_command(monkeypatch):
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def cli_app():
-    """The main app with `export`; registers it here only until cli.py does so itself."""
-    from vidprune import cli_export
-    from vidprune.cli import app
-
-    if not any(command.name == "export" for command in app.registered_commands):
-        cli_export.register(app)
-    return app
-
-
 def invoke(*args):
-    return CliRunner().invoke(cli_app(), [str(a) for a in args])
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def test_cli_exports_evad_and_reports_the_check(tmp_path, one_thread):
@@ -159,6 +150,7 @@ def test_cli_exports_evad_and_reports_the_check(tmp_path, one_thread):
     (["--method", "evad", "--keep", "1.5"], "outside (0, 1]"),
     (["--method", "random"], "'random' cannot be exported"),
     (["--method", "evad", "--checkpoint", "missing.pth"], "does not exist"),
+    (["--method", "evad", "--set", "w_kf=2,4"], "--set w_kf=2,4 gives several values, but an export builds one model"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):
     result = invoke("export", *args, "--backbone", "vit-tiny", "--frames", 8, "--size", 32,

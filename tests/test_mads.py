@@ -294,7 +294,7 @@ def test_default_backbone_and_knob():
 def test_sweep_writes_rows_with_frame_stats(tmp_path):
     from typer.testing import CliRunner
 
-    from vidprune.cli import app
+    from vidprune.cli.app import app
     from vidprune.results import read_tables
 
     result = CliRunner().invoke(app, ["sweep", "--method", "mads", "--keep", "0.5,0.75", "--backbone", "vivit-tiny",

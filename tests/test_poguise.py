@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from vidprune.backbones.base import BackboneInfo
-from vidprune.cli import app
+from vidprune.cli.app import app
 from vidprune.errors import VidpruneError
 from vidprune.measure.flops import count_flops, relative_gap
 from vidprune.methods.poguise import POGUISE, SemanticAttention, merge_count, merge_discarded

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from vidprune.cli import app
+from vidprune.cli.app import app
 from vidprune.errors import VidpruneError
 from vidprune.results import COLUMNS, read_tables, result_filename, to_frame, write_table
 

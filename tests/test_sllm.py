@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vidprune.cli import app
+from vidprune.cli.app import app
 from vidprune.errors import VidpruneError
 from vidprune.measure.flops import AGREEMENT_TOLERANCE, count_flops, count_torch, example_input, relative_gap
 from vidprune.methods.sllm import SLLM, restoration_divergence, sampling_plan

@@ -471,7 +471,7 @@ def test_default_backbone_and_recipes():
 def test_cli_sweep_on_timesformer_measures_reference_and_sttm(tmp_path):
     from typer.testing import CliRunner
 
-    from vidprune.cli import app
+    from vidprune.cli.app import app
 
     result = CliRunner().invoke(app, ["sweep", "--method", "sttm", "--backbone", "timesformer-tiny", "--device", "cpu",
                                       "--metrics", "flops,params", "--out", str(tmp_path)])

@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from vidprune import cli
-from vidprune.cli import app
+from vidprune.cli.app import app, console, err_console
 from vidprune.sweep import FAULT_ENV
 
 SWEEP = ["sweep", "--method", "evad", "--keep", "0.7", "--backbone", "vit-tiny", "--device", "cpu",
@@ -27,8 +26,8 @@ SAME = ["method", "backbone", "knob", "keep", "options", "frames", "size", "batc
 
 @pytest.fixture(autouse=True)
 def _wide_consoles(monkeypatch):
-    for console in (cli.console, cli.err_console):
-        monkeypatch.setattr(console, "width", 200)
+    for stream in (console, err_console):
+        monkeypatch.setattr(stream, "width", 200)
     monkeypatch.delenv(FAULT_ENV, raising=False)
 
 

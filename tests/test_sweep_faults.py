@@ -23,8 +23,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from vidprune import cli
-from vidprune.cli import app
+from vidprune.cli.app import app, console, err_console
 from vidprune.results import COLUMNS
 from vidprune.store import ResultStore, merge_rows
 from vidprune.sweep import FAULT_ENV, Point, SweepSpec, config_hash, expand_points
@@ -35,8 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def _wide_consoles(monkeypatch):
-    for console in (cli.console, cli.err_console):
-        monkeypatch.setattr(console, "width", 200)
+    for stream in (console, err_console):
+        monkeypatch.setattr(stream, "width", 200)
     monkeypatch.delenv(FAULT_ENV, raising=False)
 
 

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from vidprune import sweep as sweep_module
-from vidprune.cli import app
+from vidprune.cli.app import app
 from vidprune.errors import VidpruneError
 from vidprune.measure.power import PowerReading
 from vidprune.results import add_speedups, read_tables, to_frame

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from vidprune.checkpoints import load_checkpoint
-from vidprune.cli import app
+from vidprune.cli.app import app
 from vidprune.data import synthetic
 from vidprune.errors import VidpruneError
 from vidprune.registry import create_model

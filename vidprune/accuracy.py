@@ -1,0 +1,198 @@
+"""Accuracy of sweep points on a labelled video dataset, as `vidprune eval` and `vidprune sweep --data` run it.
+
+`open_dataset` reads the list file and the checkpoint and builds the model; `evaluate_dataset` runs every
+point over one decoding pass; `dataset_row` merges a point's accuracy and the dataset's provenance into
+its result row. `resolve_checkpoint` settles backbone, geometry and classes from flags and checkpoint.
+
+Nothing here prints: warnings, informational lines and progress go to the callables the caller passes
+(the command line passes Rich consoles), so Python users get `warnings.warn` and silence by default.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ContextManager, Optional
+
+from vidprune import registry
+from vidprune.checkpoints import (checkpoint_classes, infer_backbone, load_checkpoint, read_checkpoint,
+                                  restore_method_state)
+from vidprune.data.datasets import VideoDataset, make_loader, open_video_list
+from vidprune.data.samplers import make_sampler
+from vidprune.data.transforms import ClipTransform, resolve_normalization
+from vidprune.errors import VidpruneError
+from vidprune.evaluate import build_method, evaluate_methods
+
+MAX_LISTED = 10  # bad list lines / skipped videos reported one by one before summarising
+
+# progress(description, total) opens a progress display and yields advance(n), called after each batch.
+OpenProgress = Callable[[str, int], ContextManager[Callable[[int], None]]]
+
+
+def _warn(text: str) -> None:
+    warnings.warn(text, stacklevel=3)
+
+
+def _silent(text: str) -> None:
+    pass
+
+
+def _no_progress(description: str, total: int) -> ContextManager[Callable[[int], None]]:
+    return nullcontext(lambda n: None)
+
+
+def _resolve_geometry(raw, frames: Optional[int], size: Optional[int]) -> tuple[Optional[int], Optional[int]]:
+    """--frames/--size, else what the checkpoint records (vidprune's metadata or a Hugging Face
+    config.json), else None (the backbone's default)."""
+    meta = raw.meta if raw is not None else {}
+    config = meta.get("hf_config") or {}
+    vision = config.get("vision_config") or {}  # a CLIPModel config keeps the image tower's settings here
+    frames = frames if frames is not None else meta.get("frames", config.get("num_frames"))
+    size = size if size is not None else meta.get("size", config.get("image_size", vision.get("image_size")))
+    return (int(frames) if frames is not None else None, int(size) if size is not None else None)
+
+
+def _resolve_backbone(backbone: Optional[str], raw, method_cls) -> str:
+    if backbone:
+        return backbone
+    if raw is not None:
+        if raw.meta.get("backbone"):
+            return raw.meta["backbone"]
+        for family in method_cls.families:
+            try:
+                found = infer_backbone(raw.state, family)
+            except VidpruneError:
+                continue
+            if found:
+                return found
+        raise VidpruneError("cannot tell which backbone the checkpoint is: pass --backbone (see `vidprune list`).")
+    return getattr(method_cls, "default_backbone", "vit-b")
+
+
+def resolve_checkpoint(checkpoint: Optional[Path], trust: bool, method_cls, backbone: Optional[str],
+                       frames: Optional[int], size: Optional[int], classes: Optional[int], default_classes: int):
+    """(raw checkpoint or None, backbone, frames, size, classes): flags first, then what the checkpoint
+    records or its tensors show, then the method's default backbone and `default_classes`."""
+    raw = read_checkpoint(checkpoint, trust=trust) if checkpoint is not None else None
+    backbone = _resolve_backbone(backbone, raw, method_cls)
+    frames, size = _resolve_geometry(raw, frames, size)
+    if classes is None:
+        family = registry.get_backbone(backbone).family
+        classes = (checkpoint_classes(raw.state, family) if raw is not None else None) or default_classes
+    return raw, backbone, frames, size, classes
+
+
+@dataclass
+class DatasetSetup:
+    """A labelled dataset and the weights to evaluate on it."""
+    videos: object  # vidprune.data.datasets.VideoList
+    raw: object  # vidprune.checkpoints.RawCheckpoint or None
+    checkpoint: Optional[Path]
+    backbone: str
+    frames: Optional[int]
+    size: Optional[int]
+    classes: int
+    model: object  # the backbone with its weights loaded and no method in place
+    notes: list = field(default_factory=list)
+
+
+@dataclass
+class DatasetPass:
+    """Accuracy and fidelity of every point over one decoding pass, plus what every row shares."""
+    columns: list  # per point: accuracy and fidelity columns
+    shared: dict
+    videos: int
+    views: int
+    skipped: int
+
+
+def open_dataset(*, data, root, checkpoint, trust_checkpoint: bool, method_cls, backbone: Optional[str],
+                 frames: Optional[int], size: Optional[int], classes: Optional[int], attention: str, seed: int,
+                 warn: Callable[[str], None] = _warn, say: Callable[[str], None] = _silent) -> DatasetSetup:
+    """Read the list file and the checkpoint, settle backbone, geometry and classes, build the model with
+    the weights loaded. `warn`/`say` receive a warning / an informational line."""
+    videos = open_video_list(data, root)
+    for line in videos.bad_lines[:MAX_LISTED]:
+        warn(f"bad list line {line}")
+    if len(videos.bad_lines) > MAX_LISTED:
+        warn(f"... and {len(videos.bad_lines) - MAX_LISTED} more bad lines")
+    raw, backbone, frames, size, classes = resolve_checkpoint(checkpoint, trust_checkpoint, method_cls, backbone,
+                                                              frames, size, classes, videos.num_classes)
+    model = registry.create_model(backbone, "none", frames=frames, size=size, classes=classes,
+                                  attention=attention, seed=seed)
+    notes: list[str] = []
+    if raw is not None:
+        report = load_checkpoint(model, raw)
+        say(f"{checkpoint}: {report.summary()}")
+        notes.extend(report.notes)
+        for note in report.notes:
+            say(f"  note: {note}")
+    else:
+        warn("no --checkpoint: random weights, so accuracy is chance level; agreement/kl/cosine still say how "
+             "far each method moves the model")
+        notes.append("random weights (no checkpoint)")
+    if videos.num_classes > classes:
+        raise VidpruneError(f"the dataset has {videos.num_classes} classes but the model predicts {classes}: "
+                            "pass the matching checkpoint or --classes.")
+    return DatasetSetup(videos, raw, checkpoint, backbone, model.info.frames, model.info.size, classes, model, notes)
+
+
+def evaluate_dataset(setup: DatasetSetup, points, *, device, dtype, seed: int, sampling: str, stride: int,
+                     clips: int, crops: int, short_side: Optional[int], norm: str, batch: int, workers: int,
+                     limit: Optional[int], progress: OpenProgress = _no_progress,
+                     warn: Callable[[str], None] = _warn) -> DatasetPass:
+    """Every point on the same decoded clips: top-1/top-5/mean class accuracy and fidelity to the first
+    point (the unpruned reference)."""
+    if limit is not None and limit < 1:
+        raise VidpruneError(f"--limit must be at least 1, got {limit}.")
+    model, raw = setup.model, setup.raw
+    methods = [build_method(model, p.method, p.keep, p.options, seed) for p in points]
+    if raw is not None:
+        for instance in methods:
+            restore_method_state(raw, instance)
+    model = model.to(device=device, dtype=dtype)
+    info = model.info
+    if norm == "auto" and raw is not None and raw.meta.get("normalization"):
+        norm = raw.meta["normalization"]  # what `vidprune train` used for this checkpoint
+    normalization = resolve_normalization(norm, info.family)
+    sampler = make_sampler(sampling, info.frames, stride)
+    transform = ClipTransform(info.size, short_side=short_side, normalization=normalization, num_crops=crops)
+    samples = setup.videos.samples[:limit] if limit else setup.videos.samples
+    dataset = VideoDataset(samples, sampler, transform, num_clips=clips)
+    loader = make_loader(dataset, batch_size=batch, workers=workers, pin_memory=device.type == "cuda")
+    skipped: list[tuple[str, str]] = []
+
+    def on_skip(path: str, reason: str) -> None:
+        skipped.append((path, reason))
+        if len(skipped) <= MAX_LISTED:
+            warn(f"skipped video: {reason}")
+
+    description = f"{len(points)} point(s) on {len(dataset)} videos x {dataset.views_per_video} views"
+    with progress(description, len(dataset)) as advance:
+        outcome = evaluate_methods(model, methods, loader, setup.classes, device=device, dtype=dtype,
+                                   on_batch=advance, on_skip=on_skip)
+    if len(skipped) > MAX_LISTED:
+        warn(f"... {len(skipped)} videos skipped in all")
+    if outcome.videos == 0:
+        raise VidpruneError(f"none of the {len(dataset)} videos could be decoded (first problem: "
+                            f"{skipped[0][1] if skipped else 'unknown'}). Check --root and the list file's paths.")
+    views = dataset.views_per_video
+    shared = {"dataset": setup.videos.source, "checkpoint": str(setup.checkpoint) if setup.checkpoint else "",
+              "eval_videos": outcome.videos, "eval_skipped": len(outcome.skipped),
+              "bad_lines": len(setup.videos.bad_lines), "views": views, "clips": dataset.num_clips,
+              "crops": transform.num_crops, "sampling": sampler.describe(), "normalization": normalization}
+    columns = [dict(r.accuracy, **r.fidelity, fidelity_source="dataset") for r in outcome.results]
+    return DatasetPass(columns, shared, outcome.videos, views, len(outcome.skipped))
+
+
+def dataset_row(row: dict, setup: DatasetSetup, result: DatasetPass, columns: dict) -> dict:
+    """A measured row with the point's accuracy/fidelity and the dataset's provenance merged in."""
+    row = dict(row, **result.shared, **columns)
+    if row.get("gflops") is not None and not (isinstance(row["gflops"], float) and math.isnan(row["gflops"])):
+        row["gflops_per_video"] = row["gflops"] * result.views
+    extra = list(setup.notes) + ([f"{result.skipped} videos skipped (missing or corrupt)"] if result.skipped else [])
+    row["notes"] = " | ".join(n for n in [row.get("notes", "")] + extra if n)
+    return row
