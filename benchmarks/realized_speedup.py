@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from vidprune.measure.device import device_name
 from vidprune.measure.flops import count_flops, example_input
 from vidprune.registry import create_model, get_method
 
@@ -32,16 +33,6 @@ FRAME_METHODS = ("mads", "sllm")
 TARGET = 0.85  # issue #7: latency speed-up >= 0.85 x FLOPs speed-up for token methods at batch 8, CPU
 TARGET_BATCH = 8
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def usable_cores() -> int:
@@ -133,7 +124,7 @@ def render(rows, args, started: str, load_before: str, load_after: str, elapsed_
         f"(`--methods {','.join(args.methods)} --batches {','.join(map(str, args.batches))} "
         f"--repeats {args.repeats} --threads {args.threads}`); rerun it to refresh this page.",
         "",
-        f"Machine: {cpu_model()} ({platform.machine()}), {usable_cores()} usable cores, "
+        f"Machine: {device_name('cpu')} ({platform.machine()}), {usable_cores()} usable cores, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}, "
         f"{platform.system()}. Run started {started} UTC and took {elapsed_s / 60:.1f} min; load average "
         f"(1/5/15 min) {load_before} before and {load_after} after: a load well above the thread count means "

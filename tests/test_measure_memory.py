@@ -1,5 +1,6 @@
 import math
 import sys
+import time
 
 import pytest
 import torch
@@ -10,10 +11,13 @@ from vidprune.measure.memory import MemoryResult, measure_peak_memory
 CPU = torch.device("cpu")
 
 
-def alloc(mib):
+def alloc(mib, hold_s: float = 0.0):
     def fn():
         t = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
         assert t.numel() > 0
+        # A polling sampler sees a peak only while it lasts: hold it for many polling intervals, sleeping
+        # (which frees the core), so even a sampler thread starved on a loaded machine gets to read it.
+        time.sleep(hold_s)
         # returned tensor is dropped by the measurer; freed on return either way
 
     return fn
@@ -50,7 +54,7 @@ def test_linux_uses_vmhwm_when_clear_refs_works():
 
 def test_falls_back_to_sampling_when_reset_refused(monkeypatch):
     monkeypatch.setattr(mem, "_reset_peak_rss", lambda: False)
-    r = measure_peak_memory(alloc(100), CPU)
+    r = measure_peak_memory(alloc(100, hold_s=0.25), CPU)
     if r.method == "unavailable":
         pytest.skip("no RSS source")
     assert r.method == "rss_sampling"

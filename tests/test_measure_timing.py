@@ -9,7 +9,20 @@ from vidprune.measure.timing import LatencyResult, measure_latency
 CPU = torch.device("cpu")
 
 
+class FakeClock:
+    """perf_counter that advances only when the timed function says so: timings without wall-clock noise."""
+
+    def __init__(self, monkeypatch):
+        self.now = 0.0
+        monkeypatch.setattr("vidprune.measure.timing.time.perf_counter", lambda: self.now)
+
+    def spend(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_sleep_20ms_and_warmup_calls():
+    """Real sleeps: only lower bounds (a sleep never returns early) and generous upper ones, so a loaded
+    machine cannot break it."""
     calls = []
 
     def fn():
@@ -21,47 +34,51 @@ def test_sleep_20ms_and_warmup_calls():
     assert len(calls) == 7  # 2 warm-up + 5 timed
     assert all(calls), "fn should run under inference_mode"
     assert len(r.times_ms) == 5
-    assert 18 <= r.median_ms <= 60
-    assert r.min_ms <= r.median_ms <= r.max_ms
+    assert 19.5 <= r.min_ms <= r.median_ms <= r.max_ms < 2000
     assert r.warmup == 2 and r.repeats == 5 and r.batch == 4
-    expected = 4 * 5 / (sum(r.times_ms) / 1000)
-    assert r.throughput == pytest.approx(expected)
-    assert 4 * 5 / 0.3 < r.throughput < 4 * 5 / 0.09
+    assert r.throughput == pytest.approx(4 * 5 / (sum(r.times_ms) / 1000))
+    assert r.throughput <= 4 / 0.0195
 
 
-def test_warmup_not_timed():
+def test_warmup_not_timed(monkeypatch):
+    clock = FakeClock(monkeypatch)
+    durations = iter([0.050, 0.002, 0.002, 0.002])
+
+    r = measure_latency(lambda: clock.spend(next(durations)), CPU, batch=1, warmup=1, repeats=3)
+    assert r.times_ms == pytest.approx([2.0, 2.0, 2.0])
+    assert r.max_ms == pytest.approx(2.0)
+
+
+def test_noisy_flag_on_alternating_durations(monkeypatch):
+    clock = FakeClock(monkeypatch)
     n = {"i": 0}
 
     def fn():
         n["i"] += 1
-        time.sleep(0.05 if n["i"] == 1 else 0.002)
-
-    r = measure_latency(fn, CPU, batch=1, warmup=1, repeats=3)
-    assert r.max_ms < 40
-
-
-def test_noisy_flag_on_alternating_durations():
-    n = {"i": 0}
-
-    def fn():
-        n["i"] += 1
-        time.sleep(0.005 if n["i"] % 2 else 0.030)
+        clock.spend(0.005 if n["i"] % 2 else 0.030)
 
     r = measure_latency(fn, CPU, batch=1, warmup=0, repeats=6)
     assert r.noisy is True
-    assert r.iqr_ms > 10
+    assert r.iqr_ms == pytest.approx(25.0)
 
 
-def test_steady_not_noisy_and_threshold_respected():
-    def fn():
-        time.sleep(0.010)
-
-    r = measure_latency(fn, CPU, batch=1, warmup=1, repeats=5)
-    # Sleep jitter is well under 10% of 10 ms on an idle machine; the threshold test below does
-    # not depend on that.
-    assert r.noisy == (r.iqr_ms / r.median_ms > 0.10)
-    strict = measure_latency(fn, CPU, batch=1, warmup=0, repeats=5, noisy_threshold=-1.0)
-    assert strict.noisy is True
+@pytest.mark.parametrize("spread_ms, threshold, noisy", [
+    (0.4, 0.10, False),   # IQR 0.4 of a 10 ms median: 4 %, steady at the default 10 %
+    (1.6, 0.10, True),    # IQR 1.6: 16 %, noisy at the default
+    (1.6, 0.20, False),   # ... but not at a 20 % threshold
+    (0.0, -1.0, True),    # a negative threshold calls everything noisy
+])
+def test_noisy_threshold(monkeypatch, spread_ms, threshold, noisy):
+    """noisy is IQR / median > threshold: durations 10 - s, 10 - s/2, 10, 10 + s/2, 10 + s ms have median
+    10 ms and IQR s (numpy's linear percentiles of five points), so the flag flips where the threshold says."""
+    clock = FakeClock(monkeypatch)
+    s = spread_ms / 1000
+    durations = iter([0.010 - s, 0.010 + s / 2, 0.010, 0.010 - s / 2, 0.010 + s])
+    r = measure_latency(lambda: clock.spend(next(durations)), CPU, batch=1, warmup=0, repeats=5,
+                        noisy_threshold=threshold)
+    assert r.median_ms == pytest.approx(10.0)
+    assert r.iqr_ms == pytest.approx(spread_ms)
+    assert r.noisy is noisy
 
 
 def test_iqr_is_percentile_difference(monkeypatch):

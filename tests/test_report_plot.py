@@ -52,9 +52,39 @@ def test_y_defaults_to_throughput(tmp_path):
     assert [p.name for p in paths] == ["custom.png"]
 
 
-def test_latency_axis_with_noisy_points(tmp_path):
-    paths = plot_tradeoff(table(), x="latency_ms", y="throughput", out_dir=tmp_path, formats=("png",))
-    assert paths[0].stat().st_size > 1000
+def drawn_figures(monkeypatch) -> list:
+    """Keep the figures plot_tradeoff closes, so tests can read what was drawn."""
+    import vidprune.report.plot as plot_module
+
+    figures = []
+    monkeypatch.setattr(plot_module.plt, "close", figures.append)
+    return figures
+
+
+def method_lines(fig) -> dict:
+    """(x, y) data of every method line on the axes, by colour: what a reader sees as the curves."""
+    ax = fig.axes[0]
+    return {tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color():
+            (list(line.get_xdata()), list(line.get_ydata()))
+            for line in ax.get_lines() if line.get_marker() not in (None, "None", "", "|", "_")
+            and line.get_linestyle() not in ("None", "")}
+
+
+def test_latency_axis_with_noisy_points(tmp_path, monkeypatch):
+    """Noisy points get error bars of half the IQR either side on the latency axis; steady points none."""
+    from matplotlib.container import ErrorbarContainer
+
+    figures = drawn_figures(monkeypatch)
+    plot_tradeoff(table(), x="latency_ms", y="throughput", out_dir=tmp_path, formats=("png",))
+    ax = figures[0].axes[0]
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 1  # only evad has a noisy point
+    (segments,) = [col for col in bars[0].lines[2]]
+    spans = sorted((round(float(s[0][0]), 6), round(float(s[1][0]), 6), round(float(s[0][1]), 6))
+                   for s in segments.get_segments())
+    # the noisy evad point (keep 0.5: 240 ms, IQR 30) spans 225..255 at its throughput; the others span 0
+    assert (225.0, 255.0, 4.2) in spans
+    assert all(lo == hi for lo, hi, _ in spans if (lo, hi) != (225.0, 255.0))
 
 
 def test_unknown_column_lists_usable_columns(tmp_path):
@@ -81,9 +111,16 @@ def test_no_ok_rows(tmp_path):
         plot_tradeoff(df, out_dir=tmp_path)
 
 
-def test_from_csv_roundtrip(tmp_path):
-    """Values read back from CSV (noisy as text, NaN-filled columns) still plot."""
+def test_from_csv_roundtrip(tmp_path, monkeypatch):
+    """Values read back from CSV (noisy as text, NaN-filled columns) draw exactly what the frame draws."""
     path = tmp_path / "t.csv"
     table().to_csv(path, index=False)
-    paths = plot_tradeoff(pd.read_csv(path), x="latency_ms", out_dir=tmp_path, formats=("svg",))
-    assert paths[0].exists()
+    figures = drawn_figures(monkeypatch)
+    plot_tradeoff(table(), x="latency_ms", out_dir=tmp_path / "direct", formats=("svg",))
+    plot_tradeoff(pd.read_csv(path), x="latency_ms", out_dir=tmp_path / "csv", formats=("svg",))
+    direct, from_csv = (method_lines(fig) for fig in figures)
+    assert direct == from_csv
+    assert len(direct) == 2  # evad and random, three keep rates each
+    assert all(len(xs) == 3 for xs, _ in direct.values())
+    noisy_bars = [len(fig.axes[0].containers) for fig in figures]
+    assert noisy_bars[0] == noisy_bars[1] == 1

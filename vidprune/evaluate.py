@@ -24,7 +24,6 @@ from torch import nn
 
 from vidprune.errors import VidpruneError
 
-FIDELITY_COLUMNS = ("agreement", "kl", "cosine", "fidelity_clips")
 ACCURACY_COLUMNS = ("accuracy", "top1", "top5", "mean_class_accuracy")
 
 
