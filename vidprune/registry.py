@@ -49,14 +49,14 @@ class NumberRange:
         try:
             v = float(value)
         except (TypeError, ValueError):
-            raise VidpruneError(f"{name} must be a number, got '{value}'.") from None
+            raise VidpruneError(f"{name} must be a number in {self.describe()}, got '{value}'.") from None
         if not self.contains(v):
             meaning = f" ({why})" if why else ""
             raise VidpruneError(f"{name}={value} is outside {self.describe()}{meaning}. "
                                 f"Pass a value in that range, e.g. {example}.")
         if self.integer:
             if v != int(v):
-                raise VidpruneError(f"{name} must be a whole number, got {value}.")
+                raise VidpruneError(f"{name} must be a whole number in {self.describe()}, got {value}.")
             return int(v)
         return v
 
