@@ -366,15 +366,15 @@ def test_chunked_attention_tap_matches_full_probabilities():
     full = create_model("vit-tiny", "evad", 0.6)
     full.load_state_dict(tapped.state_dict())
     full.method.attention_tap = lambda layer, state: None
-    import vidprune.backbones.vit as vit
+    import vidprune.backbones.blocks as blocks
 
     video = torch.randn(2, 3, 8, 64, 64)
-    old = vit.TAP_CHUNK_ELEMENTS
-    vit.TAP_CHUNK_ELEMENTS = 2 * 3 * 64 * 8  # force several blocks of 8 queries
+    old = blocks.TAP_CHUNK_ELEMENTS
+    blocks.TAP_CHUNK_ELEMENTS = 2 * 3 * 64 * 8  # force several blocks of 8 queries
     try:
         with torch.inference_mode():
             a, b = tapped(video), full(video)
     finally:
-        vit.TAP_CHUNK_ELEMENTS = old
+        blocks.TAP_CHUNK_ELEMENTS = old
     assert tapped.last_trace == full.last_trace
     assert torch.allclose(a, b, atol=1e-5)

@@ -181,3 +181,19 @@ def test_plain_flop_counter_misses_fused_cpu_attention():
     with torch.inference_mode(), plain_math:
         model(video)
     assert plain_math.get_total_flops() / 2 / 1e9 == pytest.approx(ours, rel=1e-9)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "math"])
+def test_counters_count_attention_with_a_bias_mask(attention):
+    """A method's attention bias reaches SDPA as attn_mask (or is added before an explicit softmax): the
+    attention matmuls are still counted, by the primary counter (on meta and on real tensors) and fvcore."""
+    from test_blocks import KeyBias
+
+    model = create_model("vit-tiny", "none", attention=attention)
+    model.set_method(KeyBias(model.info, per_sample=True))
+    expected = analytic(**TINY)["macs"] / 1e9
+    report = count_flops(model, counters=("torch", "fvcore"))
+    assert report.shapes_only
+    assert report.gflops == pytest.approx(expected, rel=1e-9)
+    assert count_torch(model, (example_input(model),)) == pytest.approx(expected, rel=1e-9)
+    assert report.gflops_fvcore == pytest.approx(expected, rel=0.01) and report.counters_agree

@@ -140,14 +140,14 @@ def test_trained_tau_is_the_hard_threshold_at_inference():
     scores = torch.tensor([[0.0, 3.0, 1.0, 5.0, 2.0, 4.0, 0.5, 6.0]])
     # untrained: the per-clip target mu + z_r sigma (z = 0 at r = 0.5: the mean, 2.6875)
     assert _select(method, scores).index.tolist() == [[1, 3, 5, 7]]
-    assert "untrained" in method.forward_stats["threshold"]
+    assert "untrained" in method.forward_stats()["threshold"]
     method.tau_trained.fill_(True)
     with torch.no_grad():
         method.tau.fill_(1.5)
     assert _select(method, scores).index.tolist() == [[1, 3, 4, 5, 7]]
     method.tau.data.fill_(100.0)
     assert _select(method, scores).index.tolist() == [[7]]  # never empty: the best frame stays
-    assert method.forward_stats["threshold"] == "learned tau"
+    assert method.forward_stats()["threshold"] == "learned tau"
 
 
 def test_kept_frame_counts_vary_per_clip_and_padding_is_masked():

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import vidprune.backbones.vit as vit
+import vidprune.backbones.blocks as blocks
+from vidprune.backbones.blocks import AttentionTap
 from vidprune.measure.flops import (count_flops, count_thop, count_torch, count_torch_shapes_only,
                                     example_input)
 from vidprune.methods.evad import WeightedReceivedAttention
@@ -76,7 +77,7 @@ def _qkv(b=3, h=2, n=20, d=8, seed=0):
     return qkv[0], qkv[1], qkv[2]
 
 
-class Recorder:
+class Recorder(AttentionTap):
     def __init__(self, n, b, query_rows=None):
         self.full = torch.full((b, 2, n, n), float("nan"))
         self.query_rows = query_rows
@@ -87,10 +88,10 @@ class Recorder:
 
 @pytest.mark.parametrize("chunk_elements", [2 * 20 * 8, 2**21])
 def test_explicit_attention_matches_fused_and_hands_over_every_probability(monkeypatch, chunk_elements):
-    monkeypatch.setattr(vit, "TAP_CHUNK_ELEMENTS", chunk_elements)  # 8-query blocks, or one block per sample
+    monkeypatch.setattr(blocks, "TAP_CHUNK_ELEMENTS", chunk_elements)  # 8-query blocks, or one block per sample
     q, k, v = _qkv()
     tap = Recorder(20, 3)
-    out = vit.explicit_attention(q, k, v, 8 ** -0.5, tap)
+    out = blocks.explicit_attention(q, k, v, 8 ** -0.5, tap)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(tap.full, ((q @ k.transpose(-2, -1)) * 8 ** -0.5).softmax(-1))
 
@@ -98,7 +99,7 @@ def test_explicit_attention_matches_fused_and_hands_over_every_probability(monke
 def test_a_tap_asking_for_leading_rows_gets_only_those_and_the_output_is_unchanged():
     q, k, v = _qkv()
     tap = Recorder(20, 3, query_rows=1)
-    out = vit.explicit_attention(q, k, v, 8 ** -0.5, tap)
+    out = blocks.explicit_attention(q, k, v, 8 ** -0.5, tap)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=1e-5, atol=1e-6)
     expected = ((q @ k.transpose(-2, -1)) * 8 ** -0.5).softmax(-1)
     torch.testing.assert_close(tap.full[:, :, :1], expected[:, :, :1])
@@ -107,7 +108,7 @@ def test_a_tap_asking_for_leading_rows_gets_only_those_and_the_output_is_unchang
 
 def test_query_row_split_keeps_the_multiply_accumulates_of_full_attention():
     q, k, v = _qkv(b=1, h=2, n=20, d=8)
-    split = count_torch(lambda: vit.explicit_attention(q, k, v, 8 ** -0.5, Recorder(20, 1, query_rows=1)), ())
+    split = count_torch(lambda: blocks.explicit_attention(q, k, v, 8 ** -0.5, Recorder(20, 1, query_rows=1)), ())
     assert split * 1e9 == pytest.approx(2 * 2 * 20 * 20 * 8)  # QK^T and AV over all 20 x 20 pairs, 2 heads
 
 

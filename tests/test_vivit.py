@@ -66,13 +66,24 @@ def test_model_uses_the_mask_for_its_token_layout():
 
 
 def _block_outputs(model, inputs) -> list[torch.Tensor]:
+    """Each spatial block's output: the block loop ends a block with its `feed_forward`."""
     outputs = []
-    hooks = [blk.register_forward_hook(lambda mod, args, out: outputs.append(out.detach().clone()))
-             for blk in model.spatial_blocks]
-    with torch.no_grad():
-        model(inputs)
-    for h in hooks:
-        h.remove()
+
+    def recorded(feed_forward):
+        def run(x):
+            out = feed_forward(x)
+            outputs.append(out.detach().clone())
+            return out
+        return run
+
+    for blk in model.spatial_blocks:
+        blk.feed_forward = recorded(blk.feed_forward)
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for blk in model.spatial_blocks:
+            del blk.feed_forward
     return outputs
 
 

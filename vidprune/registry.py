@@ -11,11 +11,58 @@ import importlib
 import math
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from functools import partial
+from typing import Any, Callable, Optional, Sequence
 
 from torch import nn
 
 from vidprune.errors import VidpruneError, unknown_name
+
+
+# The method every sweep measures first and every speed-up is relative to: the unpruned backbone.
+REFERENCE_METHOD = "none"
+
+
+@dataclass(frozen=True)
+class NumberRange:
+    """The numbers a knob or option accepts: low..high, each end open or closed, optionally whole numbers."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    integer: bool = False
+
+    def describe(self) -> str:
+        left = "[" if self.low_inclusive and not math.isinf(self.low) else "("
+        right = "]" if self.high_inclusive and not math.isinf(self.high) else ")"
+        return f"{left}{_bound(self.low)}, {_bound(self.high)}{right}"
+
+    def contains(self, v: float) -> bool:
+        ok_low = v >= self.low if self.low_inclusive else v > self.low
+        ok_high = v <= self.high if self.high_inclusive else v < self.high
+        return ok_low and ok_high and not math.isnan(v)
+
+    def check(self, name: str, value: Any, example: str, why: str = "") -> float:
+        """`value` as a float (an int for whole-number ranges), or a VidpruneError that names `name`, the bad
+        value and the range; `example` is the flag that fixes it, `why` what the number means."""
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise VidpruneError(f"{name} must be a number in {self.describe()}, got '{value}'.") from None
+        if not self.contains(v):
+            meaning = f" ({why})" if why else ""
+            raise VidpruneError(f"{name}={value} is outside {self.describe()}{meaning}. "
+                                f"Pass a value in that range, e.g. {example}.")
+        if self.integer:
+            if v != int(v):
+                raise VidpruneError(f"{name} must be a whole number in {self.describe()}, got {value}.")
+            return int(v)
+        return v
+
+
+def _bound(x: float) -> str:
+    return ("-inf" if x < 0 else "inf") if math.isinf(x) else f"{x:g}"
 
 
 @dataclass(frozen=True)
@@ -31,41 +78,15 @@ class Knob:
     high_inclusive: bool = True
     integer: bool = False
 
+    @property
+    def range(self) -> NumberRange:
+        return NumberRange(self.low, self.high, self.low_inclusive, self.high_inclusive, self.integer)
+
     def describe_range(self) -> str:
-        left = "[" if self.low_inclusive else "("
-        right = "]" if self.high_inclusive else ")"
-        high = "inf" if math.isinf(self.high) else f"{self.high:g}"
-        return f"{left}{self.low:g}, {high}{right}"
+        return self.range.describe()
 
     def validate(self, value: Any) -> float:
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise VidpruneError(f"{self.name} must be a number, got '{value}'.") from None
-        ok_low = v >= self.low if self.low_inclusive else v > self.low
-        ok_high = v <= self.high if self.high_inclusive else v < self.high
-        if not (ok_low and ok_high) or math.isnan(v):
-            raise VidpruneError(
-                f"{self.name}={value} is outside {self.describe_range()} ({self.help}). "
-                f"Pass a value in that range, e.g. --keep {self.default:g}."
-            )
-        if self.integer:
-            if v != int(v):
-                raise VidpruneError(f"{self.name} must be a whole number, got {value}.")
-            return int(v)
-        return v
-
-
-@dataclass(frozen=True)
-class Option:
-    """A secondary setting of a method (set with `--set name=value`)."""
-
-    name: str
-    default: Any
-    help: str
-    parse: Callable[[Any], Any] = float
-    # Whether `--set name=a,b` means a grid of values (numbers) or one value containing commas (layer lists).
-    grid: bool = True
+        return self.range.check(self.name, value, f"--keep {self.default:g}", self.help)
 
 
 def parse_bool(value) -> bool:
@@ -81,15 +102,107 @@ def parse_bool(value) -> bool:
 
 
 def choice(*allowed: str) -> Callable[[Any], str]:
-    """Option parser accepting one of `allowed` (case-insensitive)."""
+    """Option parser accepting one of `allowed`: case, surrounding blanks and the separators ' ', '-', '_'
+    do not matter ('Top-K' is topk, 'two_stage' is two-stage); the canonical spelling is returned."""
+    compact = {_compact(a): a for a in allowed}
 
     def parse(value) -> str:
         text = str(value).strip().lower()
-        if text not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}")
-        return text
+        if text in allowed:
+            return text
+        if _compact(text) in compact:
+            return compact[_compact(text)]
+        raise ValueError(f"expected one of {', '.join(allowed)}")
 
     return parse
+
+
+def _compact(text: str) -> str:
+    return text.lower().replace(" ", "").replace("-", "").replace("_", "")
+
+
+def parse_layers(value) -> tuple[int, ...]:
+    """1-based layer list from '4,7,10', a list, or a single int."""
+    if isinstance(value, str):
+        items = [v for v in value.replace(" ", "").split(",") if v]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    layers = tuple(sorted({int(v) for v in items}))
+    if not layers or layers[0] < 1:
+        raise ValueError("layers are 1-based block numbers, e.g. 4,7,10")
+    return layers
+
+
+AUTO_LAYERS = ("", "auto")  # a layer option left to the method's depth-dependent default
+
+
+def _layer_text(value) -> str:
+    """A layer option as the method receives it: 'auto', or a checked list such as '4,7,10' (a YAML list
+    becomes that text). Whether the layers exist is checked against the backbone's depth when the method
+    is built."""
+    text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    if text not in AUTO_LAYERS:
+        try:
+            parse_layers(text)
+        except (TypeError, ValueError):
+            raise ValueError("expected 1-based block numbers such as 4,7,10, or auto") from None
+    return text
+
+
+@dataclass(frozen=True)
+class Option:
+    """A secondary setting of a method (set with `--set name=value`).
+
+    Declare one with a constructor rather than a hand-written parser: `Option.number` (a range, reusing
+    the knob's check and message), `Option.choice`, `Option.flag` and `Option.layers`. `parse` turns a
+    raw value into the method's value or raises (ValueError for a message `parse_options` completes with
+    the option's name, VidpruneError for a complete one); `kind` and `accepts` describe what it takes
+    (`vidprune list --json`)."""
+
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[Any], Any] = float
+    # Whether `--set name=a,b` means a grid of values (numbers) or one value containing commas (layer lists).
+    grid: bool = True
+    kind: str = "number"  # number | integer | choice | flag | layers | text
+    accepts: Any = None  # number: the range as text, e.g. '(0, 1]'; choice: the allowed values
+
+    @classmethod
+    def number(cls, name: str, default: float, help: str, low: float = -math.inf, high: float = math.inf, *,
+               low_inclusive: bool = True, high_inclusive: bool = True, integer: bool = False) -> "Option":
+        """A number in low..high (ends inclusive unless said otherwise; integer: whole numbers only, given
+        to the method as int)."""
+        allowed = NumberRange(low, high, low_inclusive, high_inclusive, integer)
+        example = f"--set {name}={default}"
+        return cls(name, default, help, partial(allowed.check, name, example=example),
+                   kind="integer" if integer else "number", accepts=allowed.describe())
+
+    @classmethod
+    def choice(cls, name: str, default: str, help: str, allowed: Sequence[str]) -> "Option":
+        """One of `allowed` (see `choice` for the spellings accepted)."""
+        return cls(name, default, help, choice(*allowed), kind="choice", accepts=tuple(allowed))
+
+    @classmethod
+    def flag(cls, name: str, default: bool, help: str) -> "Option":
+        """true/false (also 1/0, yes/no, on/off)."""
+        return cls(name, default, help, parse_bool, kind="flag", accepts=(True, False))
+
+    @classmethod
+    def layers(cls, name: str, help: str, default: str = "auto") -> "Option":
+        """1-based block numbers such as 4,7,10 (one value: commas do not make a grid), or auto."""
+        return cls(name, default, help, _layer_text, grid=False, kind="layers")
+
+    def describe(self) -> dict:
+        """What `vidprune list --json` shows for this option."""
+        out = {"default": self.default, "help": self.help, "type": self.kind}
+        if self.kind in ("number", "integer") and self.accepts:
+            out["range"] = self.accepts
+        elif self.kind == "choice":
+            out["choices"] = list(self.accepts)
+        return out
 
 
 @dataclass
@@ -99,6 +212,8 @@ class BackboneSpec:
     build: Callable[..., nn.Module]
     description: str
     defaults: dict = field(default_factory=dict)
+    # A configuration small enough for tests (tests/test_method_contract.py runs every method on each).
+    tiny: bool = False
 
 
 _BACKBONES: dict[str, BackboneSpec] = {}
@@ -106,11 +221,12 @@ _METHODS: dict[str, type] = {}
 _loaded = False
 
 
-def register_backbone(name: str, family: str, build: Callable[..., nn.Module], description: str,
-                      **defaults: Any) -> None:
+def register_backbone(name: str, family: str, build: Callable[..., nn.Module], description: str, *,
+                      tiny: bool = False, **defaults: Any) -> None:
+    """`defaults` (frames, size, ...) are passed to `build`; `tiny` marks a configuration for tests."""
     if name in _BACKBONES:
         raise ValueError(f"backbone {name!r} registered twice")
-    _BACKBONES[name] = BackboneSpec(name, family, build, description, defaults)
+    _BACKBONES[name] = BackboneSpec(name, family, build, description, defaults, tiny)
 
 
 def register_method(cls: type) -> type:
@@ -179,7 +295,7 @@ def parse_options(method_cls: type, raw: Optional[dict]) -> dict:
     return parsed
 
 
-def create_model(backbone: str = "vit-b", method: str = "none", keep: Optional[float] = None,
+def create_model(backbone: str = "vit-b", method: str = REFERENCE_METHOD, keep: Optional[float] = None,
                  frames: Optional[int] = None, size: Optional[int] = None, classes: int = 400,
                  attention: str = "sdpa", options: Optional[dict] = None, seed: int = 0) -> nn.Module:
     """Build `backbone` with `method` in place at knob value `keep` (the method's default when None)."""

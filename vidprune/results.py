@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from vidprune.errors import VidpruneError
+from vidprune.registry import REFERENCE_METHOD
 
 # One row per measured point. Order is the order of the CSV columns.
 COLUMNS: list[str] = [
@@ -44,8 +45,8 @@ QUALITY_COLUMNS = {"accuracy": "max", "top1": "max", "top5": "max", "agreement":
                    "speedup_flops": "max", "speedup_latency": "max"}
 COST_COLUMNS.update({"kl": "min", "energy_j_per_clip": "min", "power_w": "min"})
 
-# A row's speedups are against the unpruned (`none`) row measured under the same conditions.
-REFERENCE_METHOD = "none"
+# A row's speedups are against the unpruned (REFERENCE_METHOD, `none`) row measured under the same
+# conditions; the name is defined once, in registry (the bottom layer), so that methods can use it too.
 SPEEDUP_GROUP = ("backbone", "frames", "size", "batch", "device", "dtype", "autocast", "attention", "compile")
 
 FLOPS_CONVENTION = "1 MAC = 1 FLOP, per clip, per view"

@@ -367,7 +367,7 @@ class Runner:
             method = model.method
             info = model.info
             # What a method wants every row to say (e.g. that its learned parts are untrained).
-            notes.extend(getattr(method, "measurement_notes", ()))
+            notes.extend(method.measurement_notes)
             row.update(knob=method.knob.name if method.knob else "", frames=info.frames, size=info.size,
                        options=json.dumps(method.describe(), sort_keys=True))
             metrics = set(self.spec.metrics)

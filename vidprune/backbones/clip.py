@@ -17,15 +17,14 @@ FLOP counters). `openai_to_vidprune` renames a CLIP/ActionCLIP state dict accord
 loads OpenAI, open_clip and Hugging Face CLIP files with it (text tower ignored, position table resized).
 
 Frame methods (SLLM) decide which frames reach the image encoder and what the head sees instead of the
-others. The backbone asks the method, when it has them, for
-  * `encoded_frames(frames) -> tuple[int, ...]`: 0-based indices of the frames to encode (default: all);
+others, through the frame hooks of `TokenMethod` (defaults: every frame, features as they are):
+  * `encoded_frames(frames) -> tuple[int, ...]`: 0-based indices of the frames to encode;
   * `complete_frames(features) -> (features, frame_index)`: from the (B, K, E) features of the encoded
-    frames, the (B, n, E) features the temporal head sees and the (n,) frame index of each (default:
-    the encoded features as they are);
-  * `frame_stats() -> dict`: counts for the result row.
-Token methods see the usual insertion points (`before_block`, `attention_tap` / `needs_attention`,
-`after_attention`, `after_block`) inside the image encoder, once per encoded frame (the batch of the
-TokenState is batch x encoded frames; its grid is one frame's (1, H', W') with the class token protected).
+    frames, the (B, n, E) features the temporal head sees and the (n,) frame index of each;
+  * `forward_stats() -> dict`: counts for the result row.
+Token methods see the usual insertion points of the shared block loop (`backbones/blocks.py`) inside the
+image encoder, once per encoded frame (the batch of the TokenState is batch x encoded frames; its grid is
+one frame's (1, H', W') with the class token protected).
 
 `last_trace`: tokens entering each image-encoder block, summed over the encoded frames of one clip (so
 8 encoded ViT-B/32 frames give 8 x 50 = 400 per block). `last_stats`: `frames_encoded` (frames that went
@@ -40,11 +39,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vidprune.backbones.base import BackboneInfo, VideoBackbone
-from vidprune.backbones.vit import check_input, check_input_geometry, explicit_attention
+from vidprune.backbones.blocks import AttentionTap, MultiHeadAttention, run_blocks
+from vidprune.backbones.vit import check_input, check_input_geometry
 from vidprune.errors import VidpruneError
 from vidprune.registry import register_backbone
 from vidprune.tokens import TokenState
@@ -73,35 +72,21 @@ class QuickGELU(nn.Module):
 ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with one qkv projection, fused (`sdpa`) or explicit (`math`)."""
+class Attention(MultiHeadAttention):
+    """CLIP's multi-head self-attention with its one input projection as a qkv linear (`in_proj`, `out_proj`)."""
 
     def __init__(self, dim: int, heads: int, attention: str = "sdpa"):
-        super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
-        self.heads = heads
-        self.scale = (dim // heads) ** -0.5
-        self.attention = attention
+        super().__init__(dim, heads, attention)
         self.in_proj = nn.Linear(dim, 3 * dim)
         self.out_proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, return_probs: bool = False,
-                tap=None):
-        b, n, d = x.shape
-        q, k, v = self.in_proj(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        probs = None
-        if tap is not None and mask is None:
-            out = explicit_attention(q, k, v, self.scale, tap)
-        elif self.attention == "sdpa" and not return_probs:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        else:
-            logits = (q * self.scale) @ k.transpose(-2, -1)
-            if mask is not None:
-                logits = logits + mask
-            probs = logits.softmax(dim=-1)
-            out = probs @ v
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, d)), probs
+    def project_in(self, x: torch.Tensor) -> torch.Tensor:
+        return self.in_proj(x)
+
+    def project_out(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(x)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -117,9 +102,17 @@ class ResidualAttentionBlock(nn.Module):
             ("c_proj", nn.Linear(4 * dim, dim)),
         ]))
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask=mask)[0]
+    def attend(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None, return_probs: bool = False,
+               tap: Optional[AttentionTap] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        out, probs = self.attn(self.ln_1(x), bias, return_probs, tap)
+        return x + out, probs
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mlp(self.ln_2(x))
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The block without a method (text tower, temporal head, SLLM's FFRes); `mask` as `attend`'s bias."""
+        return self.feed_forward(self.attend(x, mask)[0])
 
 
 class Transformer(nn.Module):
@@ -187,19 +180,6 @@ class TemporalTransformerHead(nn.Module):
         return (self.transformer(x) + features).mean(dim=1)
 
 
-class _AllFrames:
-    """What a method without frame hooks gets: every frame encoded, features passed through."""
-
-    @staticmethod
-    def encoded_frames(frames: int) -> tuple[int, ...]:
-        return tuple(range(frames))
-
-    @staticmethod
-    def complete_frames(features: torch.Tensor):
-        index = torch.arange(features.shape[1], device=features.device)
-        return features, index
-
-
 class CLIPVideo(VideoBackbone):
     """Frame-level CLIP video model: image tower per frame, frame method, temporal head, classifier."""
 
@@ -245,9 +225,6 @@ class CLIPVideo(VideoBackbone):
         for block in self.visual.transformer.resblocks:
             block.mlp.gelu = ACTIVATIONS[name]()
 
-    def _frame_method(self):
-        return self.method if hasattr(self.method, "encoded_frames") else _AllFrames
-
     def encode_frames(self, video: torch.Tensor, frames: tuple[int, ...]) -> torch.Tensor:
         """(B, len(frames), E) image-encoder features of the given 0-based frames of each clip."""
         features, _ = self._encode(video, frames)
@@ -265,32 +242,22 @@ class CLIPVideo(VideoBackbone):
         side = self.info.grid[1]
         pos = torch.arange(-1, side * side, device=x.device).unsqueeze(0).expand(b * k, -1)
         state = TokenState(x=x, pos=pos, grid=(1, side, side), n_protected=1)
-        method = self.method
-        state = method.begin_forward(state)
+        state = self.method.begin_forward(state)
         trace: list[int] = []
-        for i, blk in enumerate(self.visual.transformer.resblocks):
-            state = method.before_block(i, state)
-            trace.append(int(state.num_tokens) * k)
-            tap = method.attention_tap(i, state)
-            need_probs = tap is None and method.needs_attention(i)
-            attn_out, probs = blk.attn(blk.ln_1(state.x), return_probs=need_probs, tap=tap)
-            state.x = state.x + attn_out
-            state = method.after_attention(i, state, tap if tap is not None else probs)
-            state.x = state.x + blk.mlp(blk.ln_2(state.x))
-            state = method.after_block(i, state)
+        # the batch is clips x encoded frames: a clip's tokens are a sequence's times the encoded frames
+        state = run_blocks(self.visual.transformer.resblocks, state, self.method, trace,
+                           clip_tokens=lambda tokens: tokens * k)
         return self.visual.head(state.x).reshape(b, k, -1), trace
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         """(B, E) clip feature: encoded frames, completed by the frame method, pooled over time."""
         check_input(video, self.input_shape())
-        frame_method = self._frame_method()
-        encoded = tuple(frame_method.encoded_frames(self.info.frames))
+        encoded = tuple(self.method.encoded_frames(self.info.frames))
         features, trace = self._encode(video, encoded)
-        features, frame_index = frame_method.complete_frames(features)
+        features, frame_index = self.method.complete_frames(features)
         self.last_trace = trace
         stats = {"frames_encoded": len(encoded), "frames_restored": 0, "frames_to_head": int(features.shape[1])}
-        if hasattr(self.method, "frame_stats"):
-            stats.update(self.method.frame_stats())
+        stats.update(self.method.forward_stats())
         self.last_stats = stats
         return self.fusion_model(features, frame_index)
 
@@ -368,4 +335,4 @@ register_backbone("clip-b16-transf", "clip", _builder(768, 12, 12, 16, temporal=
 # A small configuration for tests and quick demos: same code, narrow and shallow.
 register_backbone("clip-tiny", "clip", _builder(192, 2, 3, 16, embed_dim=128),
                   "tiny frame-level CLIP (192 wide, 2 blocks, 16x16 patches, 128-d) + mean pooling, for tests",
-                  frames=8, size=64)
+                  tiny=True, frames=8, size=64)

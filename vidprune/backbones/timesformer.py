@@ -12,7 +12,7 @@ Token order is frame-major (t, h, w), like vit.py, so TokenState positions mean 
 
 After a token-merging method has run, the tokens are no longer a frames x patches grid and divided
 attention is undefined. A method that breaks the grid says after which block it does so
-(`grid_until_layer`, 1-based); `set_method` turns every later block into a joint space-time block that
+(`TokenMethod.grid_until_layer`, 1-based); `set_method` turns every later block into a joint space-time block that
 runs its spatial attention weights (`attn`) over all tokens at once and carries no temporal parameters.
 That is what STTM implies: "global self-attention ... on time and space dimensions in deep layers",
 which "reduces the model's parameter count by 11.7%" (121.6M -> 107.4M = 6 blocks without temporal
@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from vidprune.backbones.base import BackboneInfo, VideoBackbone
-from vidprune.backbones.vit import Attention, Mlp, check_input, check_input_geometry
+from vidprune.backbones.blocks import Attention, AttentionTap, Mlp, run_blocks
+from vidprune.backbones.vit import check_input, check_input_geometry
 from vidprune.registry import register_backbone
 from vidprune.tokens import TokenState
 
@@ -47,11 +48,12 @@ class PatchEmbed2D(nn.Module):
 
 
 class DividedBlock(nn.Module):
-    """Divided space-time block; `make_joint()` turns it into a joint space-time block."""
+    """Divided space-time block over `frames` frames; `make_joint()` turns it into a joint space-time block."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, attention: str):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, attention: str, frames: int):
         super().__init__()
         norm = partial(nn.LayerNorm, eps=1e-6)
+        self.frames = frames
         self.norm1 = norm(dim)
         self.attn = Attention(dim, heads, attention)
         self.temporal_norm1: Optional[nn.Module] = norm(dim)
@@ -67,16 +69,22 @@ class DividedBlock(nn.Module):
     def make_joint(self) -> None:
         self.temporal_norm1 = self.temporal_attn = self.temporal_fc = None
 
-    def attend(self, x: torch.Tensor, frames: int, return_probs: bool = False, tap=None):
+    def attend(self, x: torch.Tensor, bias: Optional[torch.Tensor] = None, return_probs: bool = False,
+               tap: Optional[AttentionTap] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The attention half of the block (residuals included); returns (x, spatial or joint probs).
 
         x: (B, 1 + T*n, D), class token first, patches frame-major. Probabilities (and `tap` chunks) of a
         divided block are the spatial attention's, batched over frames: (B*T, heads, 1 + n, 1 + n), the
-        class-token copy of each frame first.
+        class-token copy of each frame first. An attention bias needs joint attention: a divided block has
+        no N x N logits to add it to.
         """
         if not self.divided:
-            out, probs = self.attn(self.norm1(x), return_probs=return_probs, tap=tap)
+            out, probs = self.attn(self.norm1(x), bias, return_probs, tap)
             return x + out, probs
+        if bias is not None:
+            raise RuntimeError("a divided TimeSformer block has no N x N attention logits for an attention bias; "
+                               "a method that biases attention must make the block joint (grid_until_layer)")
+        frames = self.frames
         b, tokens, d = x.shape
         if (tokens - 1) % frames:
             raise RuntimeError(
@@ -98,19 +106,8 @@ class DividedBlock(nn.Module):
         res_s = res_s[:, 1:].reshape(b, frames * n, d)
         return torch.cat([cls, patches], dim=1) + torch.cat([cls_res, res_s], dim=1), probs
 
-
-def run_blocks(blocks: nn.ModuleList, state: TokenState, method, trace: list[int], frames: int) -> TokenState:
-    """vit.run_blocks' insertion points around TimeSformer's blocks."""
-    for i, blk in enumerate(blocks):
-        state = method.before_block(i, state)
-        trace.append(int(state.num_tokens))
-        tap = method.attention_tap(i, state)
-        need_probs = tap is None and method.needs_attention(i)
-        state.x, probs = blk.attend(state.x, frames, return_probs=need_probs, tap=tap)
-        state = method.after_attention(i, state, tap if tap is not None else probs)
-        state.x = state.x + blk.mlp(blk.norm2(state.x))
-        state = method.after_block(i, state)
-    return state
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.norm2(x))
 
 
 class TimeSformer(VideoBackbone):
@@ -127,7 +124,7 @@ class TimeSformer(VideoBackbone):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, side * side + 1, dim))
         self.time_embed = nn.Parameter(torch.zeros(1, frames, dim))
-        self.blocks = nn.ModuleList(DividedBlock(dim, heads, mlp_ratio, attention) for _ in range(depth))
+        self.blocks = nn.ModuleList(DividedBlock(dim, heads, mlp_ratio, attention, frames) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, classes)
         for p in (self.cls_token, self.pos_embed, self.time_embed):
@@ -135,7 +132,7 @@ class TimeSformer(VideoBackbone):
 
     def set_method(self, method: nn.Module) -> None:
         """Place `method`; blocks after its `grid_until_layer` become joint space-time blocks."""
-        until = getattr(method, "grid_until_layer", None)
+        until = method.grid_until_layer
         until = self.info.depth if until is None else int(until)
         for i, blk in enumerate(self.blocks):
             if i < until and not blk.divided:
@@ -166,7 +163,7 @@ class TimeSformer(VideoBackbone):
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         state = self.method.begin_forward(self.embed(video))
         trace: list[int] = []
-        state = run_blocks(self.blocks, state, self.method, trace, self.info.frames)
+        state = run_blocks(self.blocks, state, self.method, trace)
         self.last_trace = trace
         pooled = self.method.pool(state)
         if pooled is None:
@@ -188,4 +185,4 @@ register_backbone("timesformer-b", "timesformer", _builder(768, 12, 12),
                   "TimeSformer-B, divided space-time attention, per-frame 16x16 patches, CLS (8x224)",
                   frames=8, size=224)
 register_backbone("timesformer-tiny", "timesformer", _builder(192, 4, 3),
-                  "tiny TimeSformer (192 dim, 4 blocks, 3 heads) for tests and demos", frames=4, size=64)
+                  "tiny TimeSformer (192 dim, 4 blocks, 3 heads) for tests and demos", tiny=True, frames=4, size=64)

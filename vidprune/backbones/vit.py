@@ -7,12 +7,11 @@ MLP ratio 4, GELU), no CLS token, mean pooling + fc_norm + linear head. Module n
 
 from __future__ import annotations
 
-from functools import partial
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vidprune.backbones.base import BackboneInfo, VideoBackbone
+from vidprune.backbones.blocks import Block, run_blocks
 from vidprune.errors import VidpruneError
 from vidprune.registry import register_backbone
 from vidprune.tokens import TokenState
@@ -36,115 +35,6 @@ class PatchEmbed3D(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.proj(video).flatten(2).transpose(1, 2)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention, fused (`sdpa`) or explicit (`math`).
-
-    A block whose method needs the attention probabilities computes them explicitly, whatever the
-    backbone's setting, because the fused kernel never materialises them.
-    """
-
-    def __init__(self, dim: int, heads: int, attention: str = "sdpa"):
-        super().__init__()
-        self.heads = heads
-        self.scale = (dim // heads) ** -0.5
-        self.attention = attention
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, return_probs: bool = False, tap=None):
-        """`tap`, when given, receives the probabilities chunk by chunk (see `explicit_attention`)."""
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        probs = None
-        if tap is not None:
-            out = explicit_attention(q, k, v, self.scale, tap)
-        elif self.attention == "sdpa" and not return_probs:
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:
-            probs = (q * self.scale) @ k.transpose(-2, -1)
-            probs = probs.softmax(dim=-1)
-            out = probs @ v
-        out = self.proj(out.transpose(1, 2).reshape(b, n, d))
-        return out, probs
-
-
-# Elements of one block of attention probabilities (one sample, all heads, a run of queries): small
-# enough to stay in cache while the softmax, the AV product and the tap read it.
-TAP_CHUNK_ELEMENTS = 2**21
-
-
-def explicit_attention(q, k, v, scale: float, tap) -> torch.Tensor:
-    """softmax(QK^T)V computed in blocks of one sample's queries, handing each block of probabilities
-    (1, H, c, N) to `tap(probs, start, samples)` (queries start..start+c of the samples `samples`, a
-    slice), so a method can reduce the attention it needs without the full N x N tensor ever existing.
-
-    A tap with `query_rows = r` needs only the first r queries' probabilities (e.g. the class token's
-    row): those rows are computed explicitly and the others by the fused kernel. Either way the
-    multiply-accumulates are those of the one-shot form (QK^T and AV over all N x N pairs).
-    """
-    b, h, n, _ = q.shape
-    needed = getattr(tap, "query_rows", None)
-    if needed is not None and needed < n:
-        head = explicit_attention(q[:, :, :needed], k, v, scale, tap)
-        rest = F.scaled_dot_product_attention(q[:, :, needed:], k, v, scale=scale)
-        return torch.cat([head, rest], dim=2)
-    rows = max(8, min(n, TAP_CHUNK_ELEMENTS // max(1, h * k.shape[2])))
-    # q, k, v are strided views of the qkv output: without one contiguous copy here every block's
-    # matmul would copy all of K and V again (it made the explicit path ~4x slower at batch 8).
-    q = q * scale
-    keys = k.transpose(-2, -1).contiguous()
-    values = v.contiguous()
-    out = torch.empty_like(q)
-    # blocks of one sample so that a block stays cache-sized at any batch: the loop count is the number
-    # of blocks (B * N / c), the same work split as blocks spanning the batch, not a loop of Python work per sample
-    for i in range(b):
-        sample = slice(i, i + 1)
-        for start in range(0, n, rows):
-            stop = min(start + rows, n)
-            probs = torch.matmul(q[sample, :, start:stop], keys[sample]).softmax(dim=-1)
-            out[sample, :, start:stop] = torch.matmul(probs, values[sample])
-            tap(probs, start, sample)
-    return out
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block; other families reuse it with their own attention module."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, attention: str, attention_cls: type = None):
-        super().__init__()
-        norm = partial(nn.LayerNorm, eps=1e-6)
-        self.norm1 = norm(dim)
-        self.attn = (attention_cls or Attention)(dim, heads, attention)
-        self.norm2 = norm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-
-
-def run_blocks(blocks: nn.ModuleList, state: TokenState, method, trace: list[int]) -> TokenState:
-    """The block loop with the method's insertion points; `trace` gets the tokens entering each block."""
-    for i, blk in enumerate(blocks):
-        state = method.before_block(i, state)
-        trace.append(int(state.num_tokens))
-        tap = method.attention_tap(i, state)
-        need_probs = tap is None and method.needs_attention(i)
-        attn_out, probs = blk.attn(blk.norm1(state.x), return_probs=need_probs, tap=tap)
-        state.x = state.x + attn_out
-        state = method.after_attention(i, state, tap if tap is not None else probs)
-        state.x = state.x + blk.mlp(blk.norm2(state.x))
-        state = method.after_block(i, state)
-    return state
 
 
 class VideoViT(VideoBackbone):
@@ -244,4 +134,7 @@ register_backbone("vit-b-cls", "vit", _builder(768, 12, 12, tubelet=1, cls_token
                   "ViT-B with per-frame 16x16 patches, CLS token, joint attention (STTM)", frames=8, size=224)
 # A small configuration for tests and quick demos on a laptop: same code, fewer channels and blocks.
 register_backbone("vit-tiny", "vit", _builder(192, 4, 3), "tiny joint ViT (192 dim, 4 blocks, 3 heads) for tests and demos",
-                  frames=8, size=64)
+                  tiny=True, frames=8, size=64)
+register_backbone("vit-tiny-cls", "vit", _builder(192, 4, 3, tubelet=1, cls_token=True, pool="cls"),
+                  "tiny ViT with per-frame patches and a CLS token (vit-s-cls's layout) for tests",
+                  tiny=True, frames=4, size=64)

@@ -15,8 +15,11 @@ attend to the other modalities' CLS tokens (MADS Eq. 10), so modalities meet onl
 The temporal encoder then runs on a video CLS token plus the per-frame CLS tokens of every modality
 (+ learned temporal position of the frame + learned modality embedding); the head reads the video CLS.
 
-Frame selection protocol (what a method placed here may define; methods without it, such as `none`,
-see every frame):
+Both encoders run their blocks through the shared block loop (`backbones/blocks.py`), spatial blocks as
+layers 0 .. spatial_depth - 1 and temporal blocks after them, with the modality mask (spatial) or the
+frame mask (temporal) as the blocks' attention bias. Every token is protected there: the masks are built
+for a fixed token layout. A method removes whole frames instead, between the encoders, through the frame
+selection hooks of `TokenMethod` (defaults: no selection, every frame seen):
 
 * `select_after`: int or None. The first `select_after` spatial blocks run on every frame; the method then
   chooses frames, and the remaining spatial blocks and the temporal encoder run on the chosen frames
@@ -24,31 +27,29 @@ see every frame):
 * `select_frames(summary)`: summary is (B, M, T, D), each frame's CLS token per modality after
   `select_after` blocks (after 0 blocks the CLS has seen nothing of its frame, so the mean of the
   modality's embedded tokens stands in); returns a `FrameSelection`.
-* `forward_stats`: optional dict merged into `last_stats` after each forward.
+* `forward_stats()`: a dict merged into `last_stats` after each forward.
 
 `last_trace` holds, for one clip (the first of the batch), the tokens entering each block: for the
 `spatial_depth` spatial blocks the tokens summed over the frames that block encodes (frames x tokens
 per frame, all modalities), then for the `temporal_depth` temporal blocks the temporal sequence length
 (1 + modalities x kept frames). `last_stats` holds frames_total and frames_kept_mean/min/max over the
-batch (the kept count may vary per clip), plus the method's `forward_stats`.
+batch (the kept count may vary per clip), plus the method's `forward_stats()`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vidprune.backbones.base import BackboneInfo, VideoBackbone
-from vidprune.backbones.vit import Attention as VitAttention
-from vidprune.backbones.vit import Block as VitBlock
-from vidprune.backbones.vit import Mlp, check_input_geometry
+from vidprune.backbones.blocks import Block, run_blocks
+from vidprune.backbones.vit import check_input_geometry
 from vidprune.errors import VidpruneError
 from vidprune.registry import register_backbone
+from vidprune.tokens import TokenState
 
 MODALITIES = ("rgb", "depth", "skeleton")
 IMAGE_CHANNELS = {"rgb": 3, "depth": 1}
@@ -102,34 +103,6 @@ def cross_modal_mask(tokens_per_modality: Sequence[int]) -> torch.Tensor:
     is_cls[[sum(tokens_per_modality[:m]) for m in range(len(tokens_per_modality))]] = True
     same = modality.unsqueeze(1) == modality.unsqueeze(0)
     return same | (is_cls.unsqueeze(1) & is_cls.unsqueeze(0))
-
-
-class MaskedAttention(VitAttention):
-    """The joint ViT's attention (same parameters and names) with an optional mask: bool (True = attend)
-    or additive float."""
-
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        if self.attention == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        else:
-            logits = (q * self.scale) @ k.transpose(-2, -1)
-            if mask is not None:
-                logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
-            out = logits.softmax(dim=-1) @ v
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class Block(VitBlock):
-    """The joint ViT's block with the modality-masked attention."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, attention: str):
-        super().__init__(dim, heads, mlp_ratio, attention, attention_cls=MaskedAttention)
-
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), mask)
-        return x + self.mlp(self.norm2(x))
 
 
 class ImageEmbed(nn.Module):
@@ -245,12 +218,13 @@ class ViViT(VideoBackbone):
 
     # ------------------------------------------------------------------ forward
 
-    def _spatial(self, blocks, x: torch.Tensor, trace: list[int], frames_in_trace: int) -> torch.Tensor:
-        mask = self.modality_mask
-        for blk in blocks:
-            trace.append(int(frames_in_trace) * int(x.shape[1]))
-            x = blk(x, mask)
-        return x
+    @staticmethod
+    def _layout_state(x: torch.Tensor, grid: tuple[int, int, int]) -> TokenState:
+        """(S, N, D) sequences as the blocks' TokenState. The modality mask is built for this exact token
+        layout, so no block may remove a token: every token is protected, and none is a grid token (negative
+        positions -1, -2, ...); frames are removed between the encoders instead (`select_frames`)."""
+        pos = -torch.arange(1, x.shape[1] + 1, device=x.device).unsqueeze(0).expand(x.shape[0], -1)
+        return TokenState(x=x, pos=pos, grid=grid, n_protected=x.shape[1])
 
     def _summary(self, x: torch.Tensor, after_blocks: int) -> torch.Tensor:
         """(B, T, N, D) tokens -> (B, M, T, D): each modality's CLS, or its mean token before any block."""
@@ -263,14 +237,20 @@ class ViViT(VideoBackbone):
         streams = self._streams(inputs)
         x = torch.cat([self.embeds[m](streams[m]) for m in self.modalities], dim=2)
         b, t, n, d = x.shape
-        select_after = getattr(self.method, "select_after", None)
-        k = self.info.spatial_depth if select_after is None else int(select_after)
+        method = self.method
+        spatial_depth = self.info.spatial_depth
+        frame_grid = (1, *self.info.grid[1:])
+        k = spatial_depth if method.select_after is None else int(method.select_after)
         trace: list[int] = []
-        x = self._spatial(self.spatial_blocks[:k], x.reshape(b * t, n, d), trace, t).reshape(b, t, n, d)
+        # spatial blocks: every frame is one sequence, so a clip's tokens are a sequence's times its frames
+        state = method.begin_forward(self._layout_state(x.reshape(b * t, n, d), frame_grid))
+        state = run_blocks(self.spatial_blocks[:k], state, method, trace, clip_tokens=lambda tokens: tokens * t,
+                           bias=self.modality_mask)
+        x = state.x.reshape(b, t, n, d)
 
         selection = None
-        if select_after is not None:
-            selection = self.method.select_frames(self._summary(x, k))
+        if method.select_after is not None:
+            selection = method.select_frames(self._summary(x, k))
             index = selection.index
             x = x.gather(1, index[:, :, None, None].expand(-1, -1, n, d))
         else:
@@ -278,22 +258,25 @@ class ViViT(VideoBackbone):
         kept = int(index.shape[1])
         valid = None if selection is None else selection.valid
         counts = [kept] * b if valid is None else [int(c) for c in valid.sum(dim=1).tolist()]
-        x = self._spatial(self.spatial_blocks[k:], x.reshape(b * kept, n, d), trace, counts[0]).reshape(b, kept, n, d)
+        # the trace is the first clip's: its padding frames (a batch keeping different counts) do not count
+        state = run_blocks(self.spatial_blocks[k:], self._layout_state(x.reshape(b * kept, n, d), frame_grid), method,
+                           trace, first_layer=k, clip_tokens=lambda tokens: tokens * counts[0], bias=self.modality_mask)
+        x = state.x.reshape(b, kept, n, d)
 
         m = len(self.modalities)
         frame_cls = x[:, :, list(self.cls_offsets)]  # (B, K, M, D)
         pos = self.temporal_pos.to(x.dtype).expand(b, -1, -1).gather(1, index.unsqueeze(-1).expand(-1, -1, d))
         tokens = (frame_cls + pos.unsqueeze(2) + self.modality_embed.to(x.dtype)).reshape(b, kept * m, d)
         tokens = torch.cat([self.temporal_cls.to(x.dtype).expand(b, -1, -1), tokens], dim=1)
-        mask = self._temporal_mask(selection, m, x.dtype)
-        for blk in self.temporal_blocks:
-            trace.append(1 + m * int(counts[0]))
-            tokens = blk(tokens, mask)
+        padding = m * (kept - counts[0])
+        state = run_blocks(self.temporal_blocks, self._layout_state(tokens, (t, 1, 1)), method, trace,
+                           first_layer=spatial_depth, clip_tokens=lambda tokens: tokens - padding,
+                           bias=self._temporal_mask(selection, m, x.dtype))
         self.last_trace = trace
         self.last_stats = {"frames_total": int(t), "frames_kept_mean": sum(counts) / len(counts),
                            "frames_kept_min": min(counts), "frames_kept_max": max(counts)}
-        self.last_stats.update(getattr(self.method, "forward_stats", None) or {})
-        return self.norm(tokens[:, 0])
+        self.last_stats.update(method.forward_stats())
+        return self.norm(state.x[:, 0])
 
     @staticmethod
     def _temporal_mask(selection: Optional[FrameSelection], modalities: int, dtype) -> Optional[torch.Tensor]:
@@ -349,6 +332,7 @@ for _key, _cfg in SIZES.items():
 
 _TINY = dict(dim=128, spatial_depth=2, temporal_depth=1, heads=2)
 register_backbone("vivit-tiny", "vivit", _builder("rgb,depth,skeleton", **_TINY),
-                  "tiny multi-modal ViViT (128 dim, 2+1 blocks, 2 heads) for tests and demos", frames=8, size=32)
+                  "tiny multi-modal ViViT (128 dim, 2+1 blocks, 2 heads) for tests and demos", tiny=True,
+                  frames=8, size=32)
 register_backbone("vivit-tiny-rgb", "vivit", _builder("rgb", **_TINY),
-                  "tiny RGB ViViT (128 dim, 2+1 blocks, 2 heads) for tests and demos", frames=8, size=32)
+                  "tiny RGB ViViT (128 dim, 2+1 blocks, 2 heads) for tests and demos", tiny=True, frames=8, size=32)

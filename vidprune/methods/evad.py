@@ -14,16 +14,10 @@ from typing import Optional
 
 import torch
 
+from vidprune.backbones.blocks import AttentionTap
 from vidprune.methods.base import TokenMethod, resolve_layers
 from vidprune.registry import Knob, Option, register_method
 from vidprune.tokens import TokenState, keep_count, keep_top
-
-
-def _positive(value) -> float:
-    v = float(value)
-    if not v > 0:
-        raise ValueError("must be > 0")
-    return v
 
 
 @register_method
@@ -33,15 +27,17 @@ class EVAD(TokenMethod):
     paper = "Chen et al., Efficient Video Action Detection with Token Dropout and Context Refinement, ICCV 2023"
     knob = Knob("rho", 0.7, 0.0, 1.0, "fraction of the current tokens kept at each pruning layer")
     options = (
-        Option("w_kf", 4.0, "weight of keyframe queries in the importance score (Table 1g best: 4)", _positive),
-        Option("layers", "auto", "1-based pruning layers; auto = 4,7,10 for 12 blocks, 7,13,19 for 24", str, grid=False),
+        Option.number("w_kf", 4.0, "weight of keyframe queries in the importance score (Table 1g best: 4)",
+                      0.0, low_inclusive=False, high_inclusive=False),
+        Option.layers("layers", "1-based pruning layers; auto = 4,7,10 for 12 blocks, 7,13,19 for 24"),
     )
     families = ("vit",)
+    no_op_keep = 1.0  # rho = 1 prunes nothing: no layer asks for attention, every block runs as the backbone's
 
     def __init__(self, info, keep, seed: int = 0, **options):
         super().__init__(info, keep, seed=seed, **options)
-        self.layers = resolve_layers(info, options.get("layers"))
-        self.w_kf = float(options.get("w_kf", 4.0))
+        self.layers = resolve_layers(info, self.settings["layers"])
+        self.w_kf = float(self.settings["w_kf"])
         self.keyframe_slice = info.grid[0] // 2
 
     def describe(self) -> dict:
@@ -79,7 +75,7 @@ class EVAD(TokenMethod):
         return keep_top(state, scores.masked_fill(keyframe, float("inf")), k)
 
 
-class WeightedReceivedAttention:
+class WeightedReceivedAttention(AttentionTap):
     """Accumulates I_j = (1/N) sum_i w_i mean_h attn(i, j) over blocks of queries (Eq. 1)."""
 
     def __init__(self, weights: torch.Tensor):

@@ -44,42 +44,6 @@ ACCURACY_NOTE = {
 }
 
 
-def _strategy(value) -> str:
-    text = str(value).strip().lower().replace("-", "").replace("_", "")
-    if text not in STRATEGIES:
-        raise ValueError(f"must be one of {', '.join(STRATEGIES)}")
-    return text
-
-
-def _whole(value, low: int) -> int:
-    v = float(value)
-    if v != int(v) or v < low:
-        raise ValueError(f"must be a whole number >= {low}")
-    return int(v)
-
-
-def _segments(value) -> int:
-    return _whole(value, 1)
-
-
-def _score_after(value) -> int:
-    return _whole(value, 0)
-
-
-def _positive(value) -> float:
-    v = float(value)
-    if not v > 0 or v == float("inf"):
-        raise ValueError("must be a finite number > 0")
-    return v
-
-
-def _non_negative(value) -> float:
-    v = float(value)
-    if not v >= 0 or v == float("inf"):
-        raise ValueError("must be a finite number >= 0")
-    return v
-
-
 class FrameScorer(nn.Module):
     """MLP_m of Eq. 11 (architecture not stated): Linear(D, D/4), GELU, Linear(D/4, 1)."""
 
@@ -104,28 +68,24 @@ class MADS(TokenMethod):
                 "fraction of frames kept = 1 - pruning rate r (topk: exactly floor(F*keep) frames; "
                 "threshold: the rate tau is trained towards, realised per clip)")
     options = (
-        Option("strategy", "topk", "topk (top-K per temporal segment) or threshold (learnable tau)", _strategy),
-        Option("segments", 4, "topk: number of temporal segments n (not stated in the paper)", _segments),
-        Option("slope", 1.0, "slope s of the sigmoid soft mask (not stated in the paper)", _positive),
-        Option("lambda", 1.0, "threshold: weight lambda of L_th (not stated in the paper)", _non_negative),
-        Option("score_after", 1, "spatial blocks run on every frame before scoring (0: score the mean patch "
-               "embedding, so pruned frames skip the whole spatial encoder)", _score_after),
+        Option.choice("strategy", "topk", "topk (top-K per temporal segment) or threshold (learnable tau)", STRATEGIES),
+        Option.number("segments", 4, "topk: number of temporal segments n (not stated in the paper)", 1, integer=True),
+        Option.number("slope", 1.0, "slope s of the sigmoid soft mask (not stated in the paper)", 0.0,
+                      low_inclusive=False, high_inclusive=False),
+        Option.number("lambda", 1.0, "threshold: weight lambda of L_th (not stated in the paper)", 0.0,
+                      high_inclusive=False),
+        Option.number("score_after", 1, "spatial blocks run on every frame before scoring (0: score the mean patch "
+                      "embedding, so pruned frames skip the whole spatial encoder)", 0, integer=True),
     )
     families = ("vivit",)
     default_backbone = "vivit-b"
+    no_op_keep = 1.0  # frame_keep = 1 selects nothing: the plain backbone (the scorers stay unused)
 
     def __init__(self, info, keep, seed: int = 0, **options):
         super().__init__(info, keep, seed=seed, **options)
         if not isinstance(info, ViViTInfo):
             raise VidpruneError("mads prunes frames of a ViViT: use a vivit backbone, e.g. --backbone vivit-b.")
-        declared = {o.name: o for o in self.options}
-        values = {}
-        for name, opt in declared.items():
-            raw = options.get(name, opt.default)
-            try:
-                values[name] = opt.parse(raw)
-            except (TypeError, ValueError) as exc:
-                raise VidpruneError(f"option {name}={raw!r} of 'mads' is invalid: {exc}.") from None
+        values = self.settings
         self.strategy = values["strategy"]
         self.segments = values["segments"]
         self.slope = values["slope"]
@@ -159,7 +119,7 @@ class MADS(TokenMethod):
             self.tau = nn.Parameter(torch.zeros(()))
             self.register_buffer("tau_trained", torch.tensor(False))
         self.last_scores: Optional[torch.Tensor] = None
-        self.forward_stats: dict = {}
+        self.selection_stats: dict = {}  # what the last frame selection adds to the backbone's last_stats
 
     @property
     def select_after(self) -> Optional[int]:
@@ -167,12 +127,20 @@ class MADS(TokenMethod):
         return None if self.keep >= 1.0 else self.score_after
 
     @property
-    def export_blocker(self) -> Optional[str]:
+    def input_dependent_counts(self) -> Optional[str]:
         if self.strategy == "threshold" and (self.keep or 1.0) < 1.0:
-            return ("strategy=threshold keeps a different number of frames per clip (those scoring above tau), a "
-                    "data-dependent shape that a static graph cannot hold. Export --set strategy=topk instead "
-                    "(exactly floor(frames * keep) frames per clip).")
+            return "strategy=threshold keeps a different number of frames per clip (those scoring above tau)"
         return None
+
+    @property
+    def export_blocker(self) -> Optional[str]:
+        if self.input_dependent_counts:
+            return (f"{self.input_dependent_counts}, a data-dependent shape that a static graph cannot hold. Export "
+                    "--set strategy=topk instead (exactly floor(frames * keep) frames per clip).")
+        return None
+
+    def forward_stats(self) -> dict:
+        return dict(self.selection_stats)
 
     def describe(self) -> dict:
         out = {"strategy": self.strategy, "slope": self.slope, "score_after": self.score_after}
@@ -225,7 +193,7 @@ class MADS(TokenMethod):
         if self.training:  # log soft mask on the kept frames: hard choice, soft weighting for gradients
             theta = scores.mean(dim=1, keepdim=True)
             bias = F.logsigmoid(self.slope * (scores - theta)).gather(1, index)
-        self.forward_stats = {"accuracy_note": ACCURACY_NOTE["topk"]}
+        self.selection_stats = {"accuracy_note": ACCURACY_NOTE["topk"]}
         return FrameSelection(index=index, key_bias=bias)
 
     # ------------------------------------------------------------------ learnable threshold (Eqs. 13-15)
@@ -253,7 +221,7 @@ class MADS(TokenMethod):
         if self.training:
             index = torch.arange(t, device=scores.device).unsqueeze(0).expand(b, -1)
             bias = F.logsigmoid(self.slope * (scores - self.tau.to(scores.dtype)))
-            self.forward_stats = {}
+            self.selection_stats = {}
             return FrameSelection(index=index, key_bias=bias)
         trained = bool(self.tau_trained)
         threshold = self.tau.to(scores.dtype) if trained else self.threshold_target(scores)
@@ -265,7 +233,7 @@ class MADS(TokenMethod):
         frame = torch.arange(t, device=scores.device).unsqueeze(0)
         order = torch.where(keep, frame, frame + t).argsort(dim=1)[:, :kept]  # kept frames first, in time order
         valid = torch.arange(kept, device=scores.device).unsqueeze(0) < counts.unsqueeze(1)
-        self.forward_stats = {
+        self.selection_stats = {
             "threshold": "learned tau" if trained else "per-clip target mu + z_r*sigma (tau untrained)",
             "accuracy_note": ACCURACY_NOTE["threshold"],
         }

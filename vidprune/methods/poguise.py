@@ -24,62 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidprune.backbones.blocks import AttentionTap
 from vidprune.errors import VidpruneError
 from vidprune.methods.base import TokenMethod, resolve_layers
-from vidprune.registry import Knob, Option, parse_bool, register_method
+from vidprune.registry import Knob, Option, register_method
 from vidprune.tokens import TokenState, keep_count
 
 # cls: PR(C), kappa = 1 (Top-K / EViT-style); pose: PR(P), kappa = 0; cls+pose: PO-GUISE's score;
 # mf: PR(MF), attention to the middle temporal slice (EVAD-like); auto: cls+pose with heatmap tokens, else cls.
 SCORES = ("auto", "cls+pose", "cls", "pose", "mf")
 SIMILARITIES = ("attention", "features")
-
-
-def _fraction(name: str, fix: str):
-    def parse(value) -> float:
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise VidpruneError(f"{name} must be a number in (0, 1], got '{value}'. {fix}") from None
-        if not 0.0 < v <= 1.0:
-            raise VidpruneError(f"{name}={value} is outside (0, 1]. {fix}")
-        return v
-
-    return parse
-
-
-def _unit_interval(value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise VidpruneError(f"kappa must be a number in [0, 1], got '{value}', e.g. --set kappa=0.1.") from None
-    if not 0.0 <= v <= 1.0:
-        raise VidpruneError(f"kappa={value} is outside [0, 1] (weight of the class-token attention), "
-                            "e.g. --set kappa=0.1.")
-    return v
-
-
-def _positive_int(name: str, example: int):
-    def parse(value) -> int:
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise VidpruneError(f"{name} must be a whole number >= 1, got '{value}', e.g. --set {name}={example}.") from None
-        if v != int(v) or v < 1:
-            raise VidpruneError(f"{name} must be a whole number >= 1, got '{value}', e.g. --set {name}={example}.")
-        return int(v)
-
-    return parse
-
-
-def _choice(name: str, allowed: tuple[str, ...]):
-    def parse(value) -> str:
-        text = str(value).strip().lower().replace(" ", "")
-        if text not in allowed:
-            raise VidpruneError(f"{name}='{value}' is not one of {', '.join(allowed)}; e.g. --set {name}={allowed[0]}.")
-        return text
-
-    return parse
 
 
 def merge_count(n_discarded: int, ratio: float) -> int:
@@ -113,7 +67,7 @@ def merge_discarded(x: torch.Tensor, size: torch.Tensor, pos: torch.Tensor, vect
     return merged, size.gather(1, chosen) + size.gather(1, partner), pos.gather(1, chosen)
 
 
-class SemanticAttention:
+class SemanticAttention(AttentionTap):
     """Attention tap for a selecting layer: for each block of queries (B, H, c, N) it takes the head mean,
     scores every query by its attention to the keys weighted by `key_weights` (B, N) and, when the merge
     compares attention rows, keeps the head-averaged rows (B, N, N)."""
@@ -172,37 +126,37 @@ class POGUISE(TokenMethod):
              "(PO-GUISE)")
     knob = Knob("rho", 0.6, 0.0, 1.0, "fraction of the current visual tokens kept by the score at each selecting layer")
     options = (
-        Option("lambda", 0.3, "fraction of the discarded tokens that survive merged (paper default 0.3)",
-               _fraction("lambda", "Use e.g. --set lambda=0.3, or --set merge=false to switch merging off.")),
-        Option("kappa", 0.1, "weight of the class-token attention in the score (the paper: 'a small constant "
-                             "factor', value not stated)", _unit_interval),
-        Option("score", "auto", "pruning score: cls+pose (PO-GUISE), cls (PR(C)), pose (PR(P)), mf (PR(MF), "
-                                "middle slice), auto = cls+pose with heatmap tokens, cls without",
-               _choice("score", SCORES)),
-        Option("merge", True, "merge part of the discarded tokens (MG); false = pruning only", parse_bool),
-        Option("heatmap", True, "heatmap (pose) tokens and head, HM(P); false = class token only", parse_bool),
-        Option("hm_res", 8, "heatmap token map side: hm_res^2 pose tokens", _positive_int("hm_res", 8)),
-        Option("landmarks", 25, "heatmap channels L (25 NTU, 13 Toyota-Smarthome)", _positive_int("landmarks", 25)),
-        Option("similarity", "attention", "what the merge compares: attention (rows among the discarded tokens, "
-                                          "Table 1) or features (Algorithm 1)", _choice("similarity", SIMILARITIES)),
-        Option("decode_heatmaps", False, "run the heatmap head in the forward pass (and count it); the paper's "
-                                         "GFLOPs leave it out", parse_bool),
-        Option("layers", "auto", "1-based selecting layers; auto = 4,7,10 for 12 blocks", str, grid=False),
+        Option.number("lambda", 0.3, "fraction of the discarded tokens that survive merged (paper default 0.3)",
+                      0.0, 1.0, low_inclusive=False),
+        Option.number("kappa", 0.1, "weight of the class-token attention in the score (the paper: 'a small constant "
+                                    "factor', value not stated)", 0.0, 1.0),
+        Option.choice("score", "auto", "pruning score: cls+pose (PO-GUISE), cls (PR(C)), pose (PR(P)), mf (PR(MF), "
+                                       "middle slice), auto = cls+pose with heatmap tokens, cls without", SCORES),
+        Option.flag("merge", True, "merge part of the discarded tokens (MG); false = pruning only"),
+        Option.flag("heatmap", True, "heatmap (pose) tokens and head, HM(P); false = class token only"),
+        Option.number("hm_res", 8, "heatmap token map side: hm_res^2 pose tokens", 1, integer=True),
+        Option.number("landmarks", 25, "heatmap channels L (25 NTU, 13 Toyota-Smarthome)", 1, integer=True),
+        Option.choice("similarity", "attention", "what the merge compares: attention (rows among the discarded "
+                                                 "tokens, Table 1) or features (Algorithm 1)", SIMILARITIES),
+        Option.flag("decode_heatmaps", False, "run the heatmap head in the forward pass (and count it); the paper's "
+                                              "GFLOPs leave it out"),
+        Option.layers("layers", "1-based selecting layers; auto = 4,7,10 for 12 blocks"),
     )
     families = ("vit",)
     default_backbone = "vit-b"
 
     def __init__(self, info, keep, seed: int = 0, **options):
         super().__init__(info, keep, seed=seed, **options)
-        self.layers = resolve_layers(info, options.get("layers"))
-        self.merge_ratio = float(options.get("lambda", 0.3))
-        self.merge = bool(options.get("merge", True))
-        self.heatmap = bool(options.get("heatmap", True))
-        self.hm_res = int(options.get("hm_res", 8))
-        self.landmarks = int(options.get("landmarks", 25))
-        self.similarity = options.get("similarity", "attention")
-        self.decode_heatmaps = bool(options.get("decode_heatmaps", False))
-        self.score = options.get("score", "auto")
+        settings = self.settings
+        self.layers = resolve_layers(info, settings["layers"])
+        self.merge_ratio = float(settings["lambda"])
+        self.merge = bool(settings["merge"])
+        self.heatmap = bool(settings["heatmap"])
+        self.hm_res = int(settings["hm_res"])
+        self.landmarks = int(settings["landmarks"])
+        self.similarity = settings["similarity"]
+        self.decode_heatmaps = bool(settings["decode_heatmaps"])
+        self.score = settings["score"]
         if self.score == "auto":
             self.score = "cls+pose" if self.heatmap else "cls"
         if "pose" in self.score and not self.heatmap:
@@ -212,7 +166,7 @@ class POGUISE(TokenMethod):
             )
         if self.decode_heatmaps and not self.heatmap:
             raise VidpruneError("decode_heatmaps=true needs the heatmap tokens: use --set heatmap=true.")
-        self.kappa = {"cls": 1.0, "pose": 0.0, "cls+pose": float(options.get("kappa", 0.1))}.get(self.score)
+        self.kappa = {"cls": 1.0, "pose": 0.0, "cls+pose": float(settings["kappa"])}.get(self.score)
         self.num_pose = self.hm_res ** 2 if self.heatmap else 0
         # The backbone's own class token (vit-b-cls) is reused; otherwise PO-GUISE adds one (VideoMAE has none).
         self.own_cls = info.n_prefix == 0

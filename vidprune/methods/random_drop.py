@@ -12,8 +12,8 @@ from typing import Optional
 
 import torch
 
-from vidprune.methods.base import TokenMethod, parse_layers, resolve_layers
-from vidprune.registry import Knob, Option, parse_bool, register_method
+from vidprune.methods.base import TokenMethod, resolve_layers
+from vidprune.registry import Knob, Option, register_method
 from vidprune.tokens import TokenState, keep_count, keep_top
 
 
@@ -23,10 +23,13 @@ class RandomDrop(TokenMethod):
     description = "drop tokens uniformly at random at EVAD's layers and keep rate (control)"
     knob = Knob("rho", 0.7, 0.0, 1.0, "fraction of the current tokens kept at each pruning layer")
     options = (
-        Option("layers", "auto", "1-based pruning layers; auto = EVAD's layers for this depth", str, grid=False),
-        Option("keyframe", False, "also protect the keyframe tokens, as EVAD does", parse_bool),
+        Option.layers("layers", "1-based pruning layers; auto = EVAD's layers for this depth"),
+        Option.flag("keyframe", False, "also protect the keyframe tokens, as EVAD does"),
     )
     families = ("vit",)
+    no_op_keep = 1.0  # rho = 1 keeps every token in its place (the draws still happen, unused)
+    batch_dependence = ("the survivors of every clip of a batch are drawn from one generator stream, so a clip's "
+                        "draw depends on its position in the batch; token counts do not")
     export_blocker = ("it draws its survivors from a seeded torch.Generator at every forward pass, which neither "
                       "ONNX exporter can capture (and ONNX's own random ops would draw different tokens). It is the "
                       "control for measurements: export evad for deployment (same layers and token counts, hence "
@@ -34,8 +37,8 @@ class RandomDrop(TokenMethod):
 
     def __init__(self, info, keep, seed: int = 0, **options):
         super().__init__(info, keep, seed=seed, **options)
-        self.layers = resolve_layers(info, options.get("layers"))
-        self.protect_keyframe = bool(options.get("keyframe", False))
+        self.layers = resolve_layers(info, self.settings["layers"])
+        self.protect_keyframe = bool(self.settings["keyframe"])
         self._generator = torch.Generator()
 
     def describe(self) -> dict:

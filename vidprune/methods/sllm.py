@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidprune.backbones.clip import Transformer
+from vidprune.backbones.clip import FrameBackboneInfo, Transformer
 from vidprune.errors import VidpruneError
 from vidprune.methods.base import TokenMethod
-from vidprune.registry import Knob, Option, choice, parse_bool, register_method
+from vidprune.registry import Knob, Option, register_method
 
 UNTRAINED_NOTE = ("sllm: FFRes weights are untrained (cost is exact; accuracy needs a trained FFRes "
                   "checkpoint, trained with SLLM.restoration_loss)")
@@ -100,13 +100,6 @@ class FFRes(nn.Module):
         return out[:, :pairs], out[:, pairs:]
 
 
-def _layers(value) -> int:
-    v = int(value)
-    if v < 1 or v != float(value):
-        raise ValueError("must be a whole number >= 1")
-    return v
-
-
 @register_method
 class SLLM(TokenMethod):
     name = "sllm"
@@ -117,27 +110,27 @@ class SLLM(TokenMethod):
                 "sampling filter r (integer >= 1, default 2): encode frames j = 1 (mod r), restore the rest",
                 low_inclusive=True, high_inclusive=False, integer=True)
     options = (
-        Option("restore", True, "restore the skipped frames with FFRes (false: the head sees the encoded frames only)",
-               parse_bool),
-        Option("tail", "copy", "skipped frames after the last encoded one: copy its feature, or drop them",
-               choice("copy", "drop")),
-        Option("ffres_layers", 3, "transformer layers in FFRes (Sec. 3.4: 3)", _layers),
-        Option("loss", "kl", "restoration loss for training: kl (Eq. 10, minimisable form), cosine or mse",
-               choice("kl", "cosine", "mse")),
+        Option.flag("restore", True, "restore the skipped frames with FFRes (false: the head sees the encoded frames only)"),
+        Option.choice("tail", "copy", "skipped frames after the last encoded one: copy its feature, or drop them",
+                      ("copy", "drop")),
+        Option.number("ffres_layers", 3, "transformer layers in FFRes (Sec. 3.4: 3)", 1, integer=True),
+        Option.choice("loss", "kl", "restoration loss for training: kl (Eq. 10, minimisable form), cosine or mse",
+                      ("kl", "cosine", "mse")),
     )
     families = ("clip",)
     default_backbone = "clip-b32"
     measurement_notes = (UNTRAINED_NOTE,)
+    no_op_keep = 1  # r = 1 encodes every frame and restores none: the head sees the backbone's features
 
     def __init__(self, info, keep, seed: int = 0, **options):
         super().__init__(info, keep, seed=seed, **options)
-        if not hasattr(info, "embed_dim"):
+        if not isinstance(info, FrameBackboneInfo):
             raise VidpruneError("sllm needs a frame-level backbone (e.g. --backbone clip-b32).")
         self.r = int(self.knob.validate(self.knob.default if keep is None else keep))
-        self.restore = bool(options.get("restore", True))
-        self.tail = options.get("tail", "copy")
-        self.loss = options.get("loss", "kl")
-        self.ffres_layers = int(options.get("ffres_layers", 3))
+        self.restore = bool(self.settings["restore"])
+        self.tail = self.settings["tail"]
+        self.loss = self.settings["loss"]
+        self.ffres_layers = int(self.settings["ffres_layers"])
         self.plan = sampling_plan(info.frames, self.r)
         self.ffres = FFRes(info.embed_dim, self.ffres_layers)
         output = self._output_frames()
@@ -204,7 +197,7 @@ class SLLM(TokenMethod):
         src = self._sources(kept) if self.runs_ffres else kept
         return self._mix(src, self.out_a, self.out_b, self.out_wa, self.out_wb), self.output_index
 
-    def frame_stats(self) -> dict:
+    def forward_stats(self) -> dict:
         restored = len(self.plan.restored) if self.restore else 0
         copied = len(self.plan.trailing) if self.restore and self.tail == "copy" else 0
         pairs = len(self.plan.encoded) - 1 if self.runs_ffres else 0

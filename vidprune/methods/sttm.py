@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidprune.backbones.blocks import AttentionTap
 from vidprune.errors import VidpruneError
-from vidprune.methods.base import TokenMethod, parse_layers
-from vidprune.registry import Knob, Option, choice, parse_bool, register_method
+from vidprune.methods.base import TokenMethod, parse_layers, proportional_layers
+from vidprune.registry import Knob, Option, register_method
 from vidprune.tokens import TokenState, keep_count
 
 MERGE_MODES = ("two-stage", "spatial", "global")
@@ -34,16 +35,10 @@ FILTERS = ("attention", "similarity", "none")
 PHI_KINDS = ("mlp", "linear")
 
 
-def _alpha(value) -> float:
-    v = float(value)
-    if not v >= 1.0:
-        raise ValueError("must be >= 1 (alpha x L' candidates are filtered down to L')")
-    return v
-
-
 def default_layers(depth: int) -> tuple[int, ...]:
-    """The paper's 6 and 9 of 12 blocks, scaled to other depths (2, 3 of 4; 12, 18 of 24)."""
-    return tuple(sorted({min(max(round(depth * p / 12), 1), max(depth - 1, 1)) for p in (6, 9)}))
+    """The paper's 6 and 9 of 12 blocks, scaled to other depths (2, 3 of 4; 12, 18 of 24), never the last
+    block (a merge after it would feed no block)."""
+    return proportional_layers(depth, (6, 9), highest=max(depth - 1, 1), stated={})
 
 
 def resolve_merge_layers(depth: int, requested) -> tuple[int, ...]:
@@ -121,7 +116,7 @@ class Merger(nn.Module):
         return self.fusion(torch.cat([appearance, motion], dim=-1)), motion, c
 
 
-class FilterAttention:
+class FilterAttention(AttentionTap):
     """Attention tap for the meta-token filter: the class token's head-averaged attention row (EViT), or,
     without a class token, the head-averaged attention each token receives. Rows are (B', N) where B' is
     the batch, or batch x frames for a divided TimeSformer block (one class-token copy per frame).
@@ -162,19 +157,19 @@ class STTM(TokenMethod):
                 "fraction of the tokens merged away at each STTM: L' = floor(L (1 - merge_ratio))",
                 high_inclusive=False)
     options = (
-        Option("layers", "auto", "1-based blocks after which STTM merges; auto = 6,9 for 12 blocks", str, grid=False),
-        Option("merge", "two-stage", "two-stage: per frame at the first layer, spatio-temporal after; "
-               "spatial: per frame at every layer; global: spatio-temporal at every layer (Table 5)",
-               choice(*MERGE_MODES)),
-        Option("alpha", 1.5, "orthogonal-selection oversampling: alpha x L' candidates, filtered to L'", _alpha),
-        Option("filter", "attention", "meta-token filter: attention (class token's attention, EViT), "
-               "similarity (dot product with the class token), none (Table 2)", choice(*FILTERS)),
-        Option("motion", True, "aggregate position embeddings as motion and fuse [A, P]; false = appearance "
-               "only, no fusion layer (Table 1)", parse_bool),
-        Option("phi", "mlp", "correspondence encoder: mlp (D-2D-D, matches the paper's parameter counts) or linear (D-D)",
-               choice(*PHI_KINDS)),
-        Option("share", True, "one STTM module shared by all merge layers, as the paper states; false = one per layer",
-               parse_bool),
+        Option.layers("layers", "1-based blocks after which STTM merges; auto = 6,9 for 12 blocks"),
+        Option.choice("merge", "two-stage", "two-stage: per frame at the first layer, spatio-temporal after; "
+                      "spatial: per frame at every layer; global: spatio-temporal at every layer (Table 5)", MERGE_MODES),
+        Option.number("alpha", 1.5, "orthogonal-selection oversampling: alpha x L' candidates, filtered to L'", 1.0,
+                      high_inclusive=False),
+        Option.choice("filter", "attention", "meta-token filter: attention (class token's attention, EViT), "
+                      "similarity (dot product with the class token), none (Table 2)", FILTERS),
+        Option.flag("motion", True, "aggregate position embeddings as motion and fuse [A, P]; false = appearance "
+                    "only, no fusion layer (Table 1)"),
+        Option.choice("phi", "mlp", "correspondence encoder: mlp (D-2D-D, matches the paper's parameter counts) or "
+                      "linear (D-D)", PHI_KINDS),
+        Option.flag("share", True, "one STTM module shared by all merge layers, as the paper states; false = one per "
+                    "layer"),
     )
     families = ("vit", "timesformer")
     default_backbone = "vit-b-cls"
@@ -185,18 +180,19 @@ class STTM(TokenMethod):
     def __init__(self, info, keep, seed: int = 0, **options):
         super().__init__(info, keep, seed=seed, **options)
         self.merge_ratio = float(keep)
-        self.layers = resolve_merge_layers(info.depth, options.get("layers"))
-        self.mode = options.get("merge", "two-stage")
+        settings = self.settings
+        self.layers = resolve_merge_layers(info.depth, settings["layers"])
+        self.mode = settings["merge"]
         if self.mode == "two-stage":
             kinds = ["spatial"] + ["spatio-temporal"] * (len(self.layers) - 1)
         else:
             kinds = ["spatial" if self.mode == "spatial" else "spatio-temporal"] * len(self.layers)
         self.stages = dict(zip(self.layers, kinds))
-        self.alpha = float(options.get("alpha", 1.5))
-        self.filter = options.get("filter", "attention")
-        self.motion = bool(options.get("motion", True))
-        self.phi_kind = options.get("phi", "mlp")
-        self.share = bool(options.get("share", True))
+        self.alpha = float(settings["alpha"])
+        self.filter = settings["filter"]
+        self.motion = bool(settings["motion"])
+        self.phi_kind = settings["phi"]
+        self.share = bool(settings["share"])
         self.mergers = nn.ModuleList(Merger(info.dim, self.phi_kind, self.motion)
                                      for _ in range(1 if self.share else len(self.layers)))
         # TimeSformer: blocks after the first merge see no frames x patches grid, so they run joint attention
