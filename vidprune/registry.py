@@ -20,7 +20,11 @@ from vidprune.errors import VidpruneError, unknown_name
 
 @dataclass(frozen=True)
 class Knob:
-    """The main dial of a method: what `--keep` sets."""
+    """The main dial of a method: what `--keep` sets.
+
+    `cost_increases`: whether a higher value costs more (True for keep rates: higher keeps more tokens, the
+    setting is less aggressive), or less (False for a sampling stride or a merge ratio: higher is more
+    aggressive). `vidprune tune` reads it to know which end of the range is the aggressive one."""
 
     name: str
     default: float
@@ -30,6 +34,7 @@ class Knob:
     low_inclusive: bool = False
     high_inclusive: bool = True
     integer: bool = False
+    cost_increases: bool = True
 
     def describe_range(self) -> str:
         left = "[" if self.low_inclusive else "("

@@ -160,7 +160,7 @@ class STTM(TokenMethod):
              "Recognition, ACM TOMM 2024")
     knob = Knob("merge_ratio", 0.5, 0.0, 1.0,
                 "fraction of the tokens merged away at each STTM: L' = floor(L (1 - merge_ratio))",
-                high_inclusive=False)
+                high_inclusive=False, cost_increases=False)
     options = (
         Option("layers", "auto", "1-based blocks after which STTM merges; auto = 6,9 for 12 blocks", str, grid=False),
         Option("merge", "two-stage", "two-stage: per frame at the first layer, spatio-temporal after; "
