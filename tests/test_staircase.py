@@ -9,7 +9,6 @@ import torch
 from vidprune.errors import VidpruneError
 from vidprune.measure import staircase as sc
 
-pytest.importorskip("ruptures")
 
 COUNTS = np.arange(16, 1025, 16)  # the sampling step is 16
 
