@@ -76,6 +76,9 @@ def test_groups_done_in_chunks_pick_the_same(monkeypatch):
     whole = most_orthogonal(x, 12, first)
     monkeypatch.setattr(sttm, "GRAM_ELEMENTS", 2 * 20 * 20)  # two groups per chunk, the last alone
     assert torch.equal(most_orthogonal(x, 12, first), whole)
+    monkeypatch.setattr(sttm, "NORMALIZE_ELEMENTS", 20 * 16)  # and one group normalised at a time
+    assert torch.equal(most_orthogonal(x, 12, first), whole)
+    assert torch.equal(whole, reference_most_orthogonal(x, 12, first))
 
 
 def test_a_forward_pass_at_batch_two_equals_the_loop(monkeypatch):

@@ -77,36 +77,45 @@ def most_orthogonal(x: torch.Tensor, count: int, first: torch.Tensor) -> torch.T
     tokens (widths 3 to 1024) and on exact ties.
     """
     g, length, d = x.shape
-    picks = torch.empty((g, count), dtype=torch.long, device=x.device)
-    picks[:, 0] = first
     if count <= 1:
-        return picks[:, :count]
-    unit = F.normalize(x, dim=-1)
-    chunk = max(1, GRAM_ELEMENTS // (length * length))
-    for start in range(0, g, chunk):
-        stop = min(g, start + chunk)
-        picks[start:stop] = _greedy_on_gram(unit[start:stop], count, first[start:stop])
+        return first[:, None][:, :count].clone()
+    picks = torch.empty((g, count), dtype=torch.long, device=x.device)
+    groups = max(1, GRAM_ELEMENTS // (length * length))
+    # normalised a few groups at a time, straight into their Gram matrices: the unit tokens are still in
+    # cache for the product (about 2x faster than normalising all groups first at batch 8)
+    step = max(1, NORMALIZE_ELEMENTS // (length * d))
+    for start in range(0, g, groups):
+        stop = min(g, start + groups)
+        parts = []
+        for i in range(start, stop, step):
+            unit = F.normalize(x[i:min(stop, i + step)], dim=-1)
+            parts.append(torch.bmm(unit, unit.transpose(1, 2)))
+        gram = parts[0] if len(parts) == 1 else torch.cat(parts)
+        picks[start:stop] = _greedy_on_gram(gram, count, first[start:stop])
     return picks
 
 
 # Gram matrices of at most this many elements at a time (256 MiB in fp32): groups beyond are done in chunks
 GRAM_ELEMENTS = 2**26
+# tokens normalised at a time (8 MiB in fp32)
+NORMALIZE_ELEMENTS = 2**21
 
 
-def _greedy_on_gram(unit: torch.Tensor, count: int, first: torch.Tensor) -> torch.Tensor:
-    g, length, _ = unit.shape
-    gram = torch.bmm(unit, unit.transpose(1, 2)).abs_()
+def _greedy_on_gram(gram: torch.Tensor, count: int, first: torch.Tensor) -> torch.Tensor:
+    """The picks from the groups' cosine matrices (G, L, L); overwrites their diagonals."""
+    g, length, _ = gram.shape
     # +inf on the diagonal: folding a pick's row into `closest` marks the pick itself as never again eligible
     gram.diagonal(dim1=1, dim2=2).fill_(float("inf"))
-    # row t of group i (flattened to row i * L + t) holds |cos| of token t to every token of its group
+    # row t of group i (flattened to row i * L + t) holds cos of token t to every token of its group; the
+    # absolute value is taken per pick on the one row read, not on all L^2
     rows = gram.reshape(g * length, length)
-    offsets = torch.arange(g, device=unit.device) * length
+    offsets = torch.arange(g, device=gram.device) * length
     # largest |cosine| of each token to the picks so far
-    closest = torch.full((g, length), -1.0, dtype=unit.dtype, device=unit.device)
+    closest = torch.full((g, length), -1.0, dtype=gram.dtype, device=gram.device)
     current = first
     picks = [current]
     for _ in range(count - 1):
-        torch.maximum(closest, rows.index_select(0, offsets + current), out=closest)
+        torch.maximum(closest, rows.index_select(0, offsets + current).abs_(), out=closest)
         current = closest.argmin(dim=1)
         picks.append(current)
     return torch.stack(picks, dim=1)
