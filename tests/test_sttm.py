@@ -345,9 +345,11 @@ def test_paper_parameter_deltas_at_base_size():
 
 def sttm_macs(length: int, out: int, candidates: int, d: int, phi: str = "mlp", motion: bool = True,
               filt: str = "attention") -> int:
-    """One group of one STTM, from the algorithm: phi on the L tokens, (K - 1) greedy orthogonality
-    products of L x D, similarities L x L' x D, A = C^T X, and with motion P = C^T E plus the 2D -> D fusion."""
-    macs = (4 if phi == "mlp" else 1) * length * d * d + (candidates - 1) * length * d + 2 * length * out * d
+    """One group of one STTM, from the algorithm: phi on the L tokens, the greedy orthogonal selection's
+    L x L x D Gram matrix (none for a single pick), similarities L x L' x D, A = C^T X, and with motion
+    P = C^T E plus the 2D -> D fusion."""
+    gram = length * length * d if candidates > 1 else 0
+    macs = (4 if phi == "mlp" else 1) * length * d * d + gram + 2 * length * out * d
     if motion:
         macs += length * out * d + 2 * out * d * d
     if filt == "similarity":

@@ -67,7 +67,11 @@ def _bound(x: float) -> str:
 
 @dataclass(frozen=True)
 class Knob:
-    """The main dial of a method: what `--keep` sets."""
+    """The main dial of a method: what `--keep` sets.
+
+    `cost_increases`: whether a higher value costs more (True for keep rates: higher keeps more tokens, the
+    setting is less aggressive), or less (False for a sampling stride or a merge ratio: higher is more
+    aggressive). `vidprune tune` reads it to know which end of the range is the aggressive one."""
 
     name: str
     default: float
@@ -77,6 +81,7 @@ class Knob:
     low_inclusive: bool = False
     high_inclusive: bool = True
     integer: bool = False
+    cost_increases: bool = True
 
     @property
     def range(self) -> NumberRange:

@@ -108,7 +108,7 @@ class SLLM(TokenMethod):
     paper = "Cheng et al., Sample Less, Learn More: Efficient Action Recognition via Frame Feature Restoration"
     knob = Knob("r", 2, 1, math.inf,
                 "sampling filter r (integer >= 1, default 2): encode frames j = 1 (mod r), restore the rest",
-                low_inclusive=True, high_inclusive=False, integer=True)
+                low_inclusive=True, high_inclusive=False, integer=True, cost_increases=False)
     options = (
         Option.flag("restore", True, "restore the skipped frames with FFRes (false: the head sees the encoded frames only)"),
         Option.choice("tail", "copy", "skipped frames after the last encoded one: copy its feature, or drop them",
