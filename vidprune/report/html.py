@@ -314,8 +314,10 @@ def render_report(df: pd.DataFrame, title: str = "vidprune report") -> str:
         f"<title>{html.escape(title)}</title>\n<style>\n{_asset('report.css')}</style>\n</head>\n<body>\n"
         "<noscript>This report draws its plots and tables with JavaScript; open it in a browser with scripts "
         "enabled.</noscript>\n<div id=\"report\"></div>\n"
-        f"<script type=\"application/json\" id=\"vidprune-data\">{_json_for_script(payload)}</script>\n"
+        # plotly.js first, so that it compiles (off the main thread) while the page is built
         f"<script type=\"text/plain\" id=\"plotly-js\">{bundle}</script>\n"
+        f"<script>\n{_asset('load_plotly.js')}</script>\n"
+        f"<script type=\"application/json\" id=\"vidprune-data\">{_json_for_script(payload)}</script>\n"
         f"<script>\n{_asset('report.js')}</script>\n</body>\n</html>\n"
     )
 

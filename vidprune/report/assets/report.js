@@ -1,7 +1,7 @@
-/* vidprune report: builds the page from the JSON in #vidprune-data, with plotly.js from #plotly-js.
+/* vidprune report: builds the page from the JSON in #vidprune-data, with plotly.js once load_plotly.js
+   has it compiled (window.vidprunePlotly).
 
-   Opening fast: plotly.js (about 5 MB) is handed to the browser as a blob: script, so it compiles off the
-   main thread while the page, its headings and the first tables appear. Plots are drawn when their group
+   Opening fast: the page, its headings and the first tables appear while plotly.js compiles. Plots are drawn when their group
    comes near the viewport, then the rest one group per task in the background, so the page stays
    responsive. window.vidpruneReport says how far drawing has got (the browser tests and
    benchmarks/report_size.py read it). */
@@ -386,15 +386,8 @@
     setTimeout(drawRest, 0);
   }
 
-  // The bundle is text in the page; a blob: URL lets the browser compile it off the main thread.
-  const source = document.getElementById("plotly-js");
-  const script = document.createElement("script");
-  script.src = URL.createObjectURL(new Blob([source.textContent], { type: "text/javascript" }));
-  script.onload = () => { URL.revokeObjectURL(script.src); source.remove(); plotlyLoaded(); };
-  script.onerror = () => {
-    state.errors.push("plotly.js did not load");
-    console.error("vidprune report: plotly.js did not load; the tables are complete, the plots are missing");
-  };
-  document.head.append(script);
-  if (state.total === 0) { state.firstMs = state.allMs = performance.now(); }
+  window.vidprunePlotly.then(plotlyLoaded, (error) => {
+    state.errors.push(String(error));
+    console.error("vidprune report: " + error + "; the tables are complete, the plots are missing");
+  });
 })();
