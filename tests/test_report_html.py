@@ -52,6 +52,12 @@ def crafted_table() -> pd.DataFrame:
                              accuracy=acc - 4 if has_accuracy else np.nan, tokens_per_block="1568,1097,767,536"))
         rows.append(dict(common, method="random", keep=0.1, status="oom", error="CUDA out of memory"))
         rows.append(dict(common, method="evad", keep=0.9, gflops=160.0, options='{"layers": "4,7,10", "w_kf": 4.0}'))
+    # a count-only sweep (GFLOPs, nothing timed, no quality) and a configuration where every point failed
+    for keep, gflops in ((1.0, 180.0), (0.7, 130.0), (0.5, 100.0)):
+        rows.append(dict(CPU, batch=8, method="none" if keep == 1.0 else "evad", keep=keep, gflops=gflops,
+                         result_file="flops.csv"))
+    rows.append(dict(CPU, batch=16, method="evad", keep=0.7, status="failed", error="RuntimeError: boom",
+                     result_file="flops.csv"))
     rows.append(dict(method="evad", backbone="vit-b", keep=0.5, gflops=98.0, accuracy=80.7, status="reference",
                      device="paper", source="paper: EVAD Table 2a", reference_note="K400 top-1",
                      result_file="recipe.csv"))
@@ -144,19 +150,25 @@ def test_fronts_are_the_non_dominated_measured_points():
 
 def test_series_tables_and_left_out_rows():
     data = report_payload(crafted_table())
-    cpu, gpu = sorted(data["groups"], key=lambda g: g["config"]["device"])
+    by_setting = {(g["config"]["device"], g["config"]["batch"]): g for g in data["groups"]}
+    cpu, gpu, flops_only, failed = by_setting["cpu", 1], by_setting["cuda", 1], by_setting["cpu", 8], by_setting["cpu", 16]
+    assert flops_only["axes"] == {"cost": ["gflops"], "quality": [], "default_cost": "gflops", "default_quality": None}
+    assert "no trade-off plot" in flops_only["notes"][0] and not flops_only["speedup"]
+    assert len(flops_only["table"]["rows"]) == 4  # its 3 rows and the paper row of its backbone
+    assert failed["notes"] == ["no measured row with status ok in this configuration: nothing to plot (see the table)"]
+    assert failed["table"]["classes"][-2:] == ["failed", "paper"]
     assert cpu["axes"]["quality"] == ["accuracy", "agreement", "throughput"]
     assert gpu["axes"]["quality"] == ["agreement", "throughput"]
     series = {s["name"]: s for s in cpu["series"]}
-    assert list(series) == ["none (unpruned)", "evad", "random", "evad (paper)"]
+    assert list(series) == ["none (unpruned)", "evad", "random", "evad (paper: EVAD Table 2a)"]
     keeps = [cpu["points"]["keep"][i] for i in series["evad"]["points"]]
     assert keeps == sorted(keeps) and len(keeps) == 4  # the count-only row too (on the GFLOPs axis)
-    paper = series["evad (paper)"]["points"]
+    paper = series["evad (paper: EVAD Table 2a)"]["points"]
     assert [data["strings"][cpu["points"]["fields"]["source"][i]] for i in paper] == ["paper: EVAD Table 2a"]
     assert all(cpu["points"]["kind"][i] == "paper" for i in paper)
 
     table = cpu["table"]
-    rows = crafted_table().iloc[list(range(9)) + [18]]  # the cpu configuration and the paper row joining it
+    rows = crafted_table().iloc[list(range(9)) + [22]]  # the cpu configuration and the paper row joining it
     assert table["columns"] == list(summary_table(rows).columns) + ["marks", "file"]
     assert table["columns"][2] == "input"  # the paper row gives no geometry, so the table says which is which
     keep, status = table["columns"].index("keep"), table["columns"].index("status")
@@ -264,7 +276,11 @@ def test_every_group_drawn_offline_without_errors(driver, which, real_page, craf
     data = page_data(path.read_text())
     for group in data["groups"]:
         cost, quality = group["axes"]["default_cost"], group["axes"]["default_quality"]
-        assert pareto_marks(driver, group["id"]) == expected_marks(group, cost, quality), group["label"]
+        if quality is None:  # nothing to plot quality against: the table and the notes only
+            assert not driver.find_elements("css selector", f"#{group['id']} .plot.pareto, #{group['id']} select")
+            assert driver.find_elements("css selector", f"#{group['id']} ul.notes li")
+        else:
+            assert pareto_marks(driver, group["id"]) == expected_marks(group, cost, quality), group["label"]
         speedup_points = driver.execute_script(
             "return document.querySelectorAll('#' + arguments[0] + ' .plot.speedup .scatterlayer path.point').length",
             group["id"])
@@ -404,3 +420,14 @@ def _loadavg() -> tuple:
         return os.getloadavg()
     except (AttributeError, OSError):
         return ()
+
+
+def test_a_method_run_with_two_option_sets_gets_a_line_each():
+    df = crafted_table()
+    other = (df["method"] == "evad") & (df["keep"] < 0.6) & (df["device"] == "cpu") & (df["status"] == "ok")
+    df.loc[other, "options"] = '{"layers": "3,6,9", "w_kf": 2.0}'
+    group = [g for g in report_payload(df)["groups"] if g["config"]["device"] == "cpu" and g["config"]["batch"] == 1][0]
+    evad = [(s["name"], s["variant"], [group["points"]["keep"][i] for i in s["points"]])
+            for s in group["series"] if s["method"] == "evad" and s["kind"] == "measured"]
+    assert evad == [('evad {"layers": "3,6,9", "w_kf": 2.0}', 0, [0.3, 0.5]),
+                    ('evad {"layers": "4,7,10", "w_kf": 4.0}', 1, [0.7, 0.9])]

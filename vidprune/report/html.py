@@ -117,25 +117,31 @@ def _axes(group: ConfigGroup) -> tuple[list[str], list[str]]:
     return costs, qualities
 
 
-def _series(methods: list[str], options: list[str], keep: pd.Series, kinds: list[str]) -> list[dict]:
-    """The traces of a Pareto plot: the unpruned rows, one line per measured method (and option set, when a
-    method was run with several), one hollow set per paper method. Points in a line go by knob value."""
-    option_sets: dict[str, set] = {}
+def _series(methods: list[str], options: list[str], sources: list[str], keep: pd.Series,
+            kinds: list[str]) -> list[dict]:
+    """The traces of a Pareto plot: the unpruned rows; one line per measured method, and per option set
+    when a method was run with several (`variant` numbers them, for their line style); one hollow set per
+    paper method and source, named after the source. Points in a line go by knob value."""
+    option_sets: dict[str, list] = {}
     for method, option, kind in zip(methods, options, kinds):
-        if kind == "measured":
-            option_sets.setdefault(method, set()).add(option)
+        if kind == "measured" and option not in option_sets.setdefault(method, []):
+            option_sets[method].append(option)
+    for sets in option_sets.values():
+        sets.sort()
     order = np.lexsort((np.arange(len(methods)), keep.fillna(np.inf).to_numpy()))
     by_key: dict[tuple, dict] = {}
     for pos in order:
-        method, kind = methods[pos], kinds[pos]
+        method, kind, variant = methods[pos], kinds[pos], 0
         if kind == "unpruned":
             key, name = ("unpruned",), f"{REFERENCE_METHOD} (unpruned)"
         elif kind == "paper":
-            key, name = ("paper", method), f"{method} (paper)"
+            key, name = ("paper", method, sources[pos]), f"{method} ({sources[pos] or 'paper'})"
         else:
-            suffix = f" {options[pos]}" if len(option_sets[method]) > 1 else ""
-            key, name = ("measured", method, options[pos]), method + suffix
-        series = by_key.setdefault(key, {"name": name, "method": method, "kind": kind, "points": []})
+            several = len(option_sets[method]) > 1
+            variant = option_sets[method].index(options[pos])
+            key, name = ("measured", method, options[pos]), method + (f" {options[pos]}" if several else "")
+        series = by_key.setdefault(key, {"name": name, "method": method, "kind": kind, "variant": variant,
+                                         "points": []})
         series["points"].append(int(pos))
     rank = {"unpruned": 0, "measured": 1, "paper": 2}
     return sorted(by_key.values(), key=lambda s: (rank[s["kind"]], s["method"], s["name"]))
@@ -231,7 +237,7 @@ def _group_payload(group: ConfigGroup, left_out: pd.DataFrame, strings: _Strings
                    "latency_iqr_ms": _rounded(numeric(points, "latency_iqr_ms")),
                    "noisy": [int(_truthy(v)) for v in points["noisy"]] if "noisy" in points.columns else [0] * len(points),
                    "fields": fields},
-        "series": _series(methods, options, keep, kinds),
+        "series": _series(methods, options, _texts(points, "source"), keep, kinds),
         "front": _fronts(values, costs, qualities, np.array([k != "paper" for k in kinds], dtype=bool)),
         "speedup": speedup,
         "table": _table(group),

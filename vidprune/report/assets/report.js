@@ -19,6 +19,8 @@
                         modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d"] };
   const FONT = { family: "system-ui, -apple-system, Segoe UI, Roboto, Arial, sans-serif", size: 12 };
   const WRAP = 70;
+  // one method's option sets: same colour, their own line style
+  const DASHES = ["solid", "dash", "dot", "dashdot", "longdash"];
 
   function el(tag, attrs, children) {
     const node = document.createElement(tag);
@@ -84,22 +86,21 @@
     if (series.kind === "unpruned") {
       trace.mode = "markers";
       trace.marker = { symbol: "star", size: 19, color: c, line: { color: "#000", width: 1 } };
-    } else if (series.kind === "paper") {  // hollow, labelled with where the number comes from
-      trace.mode = "markers+text";
-      trace.text = idx.map((i) => strings[p.fields.source[i]]);
-      trace.textposition = "bottom right";
-      trace.textfont = { size: 10, color: c };
-      trace.marker = { symbol: "circle-open", size: 12, color: c, line: { width: 2.2 } };
-    } else {
+    } else {  // measured lines, or paper points: hollow, named after their source, never joined
+      const paper = series.kind === "paper";
       const withText = labelled && idx.length <= data.max_labelled_points;
-      trace.mode = withText ? "lines+markers+text" : "lines+markers";
+      trace.mode = (paper ? "markers" : "lines+markers") + (withText ? "+text" : "");
       if (withText) {
         trace.text = idx.map((i) => (p.keep[i] !== null ? fmt(p.keep[i]) : ""));
-        trace.textposition = "top left";
-        trace.textfont = { size: 9, color: c };
+        trace.textposition = paper ? "bottom right" : "top left";
+        trace.textfont = { size: 9, color: c, style: paper ? "italic" : "normal" };
       }
-      trace.line = { color: c, width: 2 };
-      trace.marker = { size: 8, color: c };
+      if (paper) {
+        trace.marker = { symbol: "circle-open", size: 12, color: c, line: { width: 2.2 } };
+      } else {
+        trace.line = { color: c, width: 2, dash: DASHES[series.variant % DASHES.length] };
+        trace.marker = { size: 8, color: c };
+      }
     }
     return trace;
   }
