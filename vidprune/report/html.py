@@ -8,8 +8,9 @@ the rows left out and why. Then the environment and provenance of every source t
 The plots are plotly.js, inlined from the plotly Python package (so the page opens offline and when
 e-mailed, and a Content-Security-Policy forbids every request to a host). The data is embedded once as
 JSON and the traces are built in the browser for the axes chosen, so switching an axis needs no
-pre-rendered copy of every combination, and groups are drawn as they scroll into view (then the rest in
-the background): a 10,000-row report opens as fast as a small one.
+pre-rendered copy of every combination; plotly.js compiles while the page is built, and groups are drawn
+as they come into view (then the rest in the background), so the first screen of a 10,000-row report
+comes almost as soon as a small one's (docs/report.md has the measurements).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from vidprune.report.groups import ConfigGroup, Grouping, group_rows, is_missing
 from vidprune.report.pareto import pareto_mask
 from vidprune.report.plot import AXIS_LABELS
 from vidprune.report.tables import cell_text, summary_table
-from vidprune.results import COST_COLUMNS, QUALITY_COLUMNS, REFERENCE_METHOD, read_tables
+from vidprune.results import COST_COLUMNS, QUALITY_COLUMNS, REFERENCE_METHOD, add_speedups, read_tables
 
 # The axes a reader can pick, in the order the selectors list them; only those a group measured are offered.
 COST_AXES = ("gflops", "latency_ms", "peak_mem_mib", "energy_j_per_clip")
@@ -50,7 +51,7 @@ HOVER_TEXT_COLUMNS = ("knob", "tokens_per_block", "source", "reference_note", "n
 # A series with more points than this gets no keep labels on its markers (they would cover the plot).
 MAX_LABELLED_POINTS = 12
 # No request to any host: scripts and styles are inline, images (plotly's PNG export) are data:/blob:.
-# (blob: is the page's own plotly.js text, handed to the browser as a script: see report.js.)
+# (blob: is the page's own plotly.js text, handed to the browser as a script: see assets/load_plotly.js.)
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'unsafe-inline' blob:; style-src 'unsafe-inline'; "
                            "img-src data: blob:; font-src data:")
 
@@ -276,6 +277,8 @@ def report_payload(df: pd.DataFrame, title: str = "vidprune report") -> dict:
         raise VidpruneError("not a vidprune result table (missing column: method). "
                             "Pass tables written by `vidprune sweep`.")
     df = df.reset_index(drop=True)
+    if all(numeric(df, c).isna().all() for c in SPEEDUP_AXES):
+        df = add_speedups(df)  # a frame built by hand, or from tables older than the speedup columns
     if not (status_of(df) == "ok").any():
         raise VidpruneError(
             "no measured rows with status 'ok' to report (all points failed, ran out of memory or are paper "
