@@ -95,3 +95,16 @@ def test_render_rich():
     console = Console(record=True, width=200)
     console.print(t)
     assert "-40.1%" in console.export_text()
+
+
+def test_keep_positions_maps_summary_rows_back_to_their_source_rows():
+    df = table().sample(frac=1.0, random_state=0)
+    df.index = [f"row{i}" for i in range(len(df))]  # labels, not positions
+    kept = summary_table(df, keep_positions=True)
+    plain = summary_table(df)
+    assert kept.reset_index(drop=True).equals(plain)
+    assert sorted(kept.index) == list(range(len(df)))
+    for pos, summary_row in kept.iterrows():
+        source = df.iloc[pos]
+        assert (summary_row["method"], summary_row["status"]) == (source["method"], source["status"])
+        assert summary_row["keep"] == round(source["keep"], 3)

@@ -1,1 +1,1 @@
-"""Reports over result tables: Pareto fronts, trade-off plots and summary tables."""
+"""Reports over result tables: Pareto fronts, trade-off plots, summary tables and the interactive HTML page."""

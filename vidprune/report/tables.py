@@ -35,7 +35,7 @@ def _latency(median: float, iqr: float) -> str:
     return f"{median:.1f}" if math.isnan(iqr) else f"{median:.1f} ± {iqr:.1f}"
 
 
-def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+def summary_table(df: pd.DataFrame, keep_positions: bool = False) -> pd.DataFrame:
     """One row per result row: method, backbone, [input (frames x size, only when several)], keep, gflops,
     gflops_change, then params_m, latency_ms, throughput, peak_mem_mib, accuracy, top5, agreement,
     speedup_latency, power when they have values, and status.
@@ -45,6 +45,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     table's unpruned row), as text like "-40.1%" ("ref" on that row itself, "" when there is none).
     latency_ms is text, "median ± IQR". Rows are ordered by backbone, then measured before reference
     before failed, the unpruned row first, then by keep rate, highest first.
+    keep_positions: index the result by each row's position in `df` (to find a summary row's source row).
     """
     df = df.reset_index(drop=True)
     text = lambda col: df[col].astype("string").fillna("") if col in df.columns else pd.Series("", index=df.index)  # noqa: E731
@@ -97,10 +98,12 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         "unpruned": (method != REFERENCE_METHOD).astype(int),
         "keep": -_num(df, "keep").fillna(-1.0), "method": method,
     }).sort_values(["backbone", "frames", "size", "status", "unpruned", "keep", "method"], kind="stable")
-    return out.loc[order.index].reset_index(drop=True)
+    out = out.loc[order.index]
+    return out if keep_positions else out.reset_index(drop=True)
 
 
-def _cell(value) -> str:
+def cell_text(value) -> str:
+    """A summary cell as text: empty for missing, integers above 100 without decimals, else %g."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return ""
     if isinstance(value, (float, np.floating)):
@@ -109,7 +112,7 @@ def _cell(value) -> str:
 
 
 def _rows(df_summary: pd.DataFrame) -> list[list[str]]:
-    return [[_cell(v) for v in row] for row in df_summary.itertuples(index=False)]
+    return [[cell_text(v) for v in row] for row in df_summary.itertuples(index=False)]
 
 
 def render_rich(df_summary: pd.DataFrame, title: str = "vidprune results") -> Table:
