@@ -26,7 +26,8 @@ import torch
 
 from vidprune.measure.device import device_name
 from vidprune.measure.flops import count_flops, example_input
-from vidprune.registry import create_model, get_method
+from vidprune.registry import get_method
+from vidprune.models import create_model
 
 TOKEN_METHODS = ("random", "evad", "poguise", "sttm")
 FRAME_METHODS = ("mads", "sllm")

@@ -12,7 +12,7 @@ from vidprune.backbones.blocks import AttentionTap, attention, combine_biases, e
 from vidprune.measure.flops import example_input
 from vidprune.methods.base import TokenMethod
 from vidprune.methods.evad import EVAD
-from vidprune.registry import create_model
+from vidprune.models import create_model
 
 
 class KeyBias(TokenMethod):

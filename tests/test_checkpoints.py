@@ -12,7 +12,7 @@ import torch
 from vidprune import checkpoints as ckpt
 from vidprune.backbones.vit import sinusoid_table
 from vidprune.errors import VidpruneError
-from vidprune.registry import create_model
+from vidprune.models import create_model
 
 FRAMES, SIZE, CLASSES = 4, 32, 5
 

@@ -15,7 +15,7 @@ from torch import nn
 from vidprune import checkpoints as ckpt
 from vidprune.backbones.clip import CLIPVideo
 from vidprune.errors import VidpruneError
-from vidprune.registry import create_model
+from vidprune.models import create_model
 
 # clip-tiny: 192 wide, 2 blocks, 3 heads, 16-px patches, 128-d features
 WIDTH, LAYERS, HEADS, PATCH, EMBED = 192, 2, 3, 16, 128

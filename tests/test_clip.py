@@ -14,7 +14,8 @@ import torch
 from vidprune.backbones.clip import CLIPTextEncoder, CLIPVideo, TemporalTransformerHead, openai_to_vidprune
 from vidprune.errors import VidpruneError
 from vidprune.measure.flops import AGREEMENT_TOLERANCE, count_flops, count_torch, example_input, relative_gap
-from vidprune.registry import create_model, get_backbone
+from vidprune.registry import get_backbone
+from vidprune.models import create_model
 
 
 def block_macs(n: int, d: int) -> int:

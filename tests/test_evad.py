@@ -12,7 +12,7 @@ from vidprune.backbones.base import BackboneInfo
 from vidprune.errors import VidpruneError
 from vidprune.methods.base import proportional_layers
 from vidprune.methods.evad import EVAD
-from vidprune.registry import create_model
+from vidprune.models import create_model
 from vidprune.tokens import TokenState
 
 

@@ -22,7 +22,7 @@ from vidprune.data.transforms import ClipTransform
 from vidprune.evaluate import (AccuracyMeter, FidelityMeter, build_method, evaluate, evaluate_methods,
                                features_and_logits, fidelity_columns, fidelity_to_unpruned,
                                generated_clips)
-from vidprune.registry import create_model
+from vidprune.models import create_model
 from vidprune.sweep import Point
 
 FRAMES, SIZE = 4, 32

@@ -16,7 +16,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
-from vidprune import registry  # noqa: E402
+from vidprune import models  # noqa: E402
 from vidprune.cli.app import app  # noqa: E402
 from vidprune.errors import VidpruneError  # noqa: E402
 from vidprune.export import export_onnx, require_export_packages  # noqa: E402
@@ -34,7 +34,7 @@ def run_onnx(path, video: torch.Tensor) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def evad_export(tmp_path_factory, one_thread):
-    model = registry.create_model("vit-tiny", "evad", 0.5, **TINY)
+    model = models.create_model("vit-tiny", "evad", 0.5, **TINY)
     path = tmp_path_factory.mktemp("onnx") / "evad.onnx"
     return model, export_onnx(model, path)
 
@@ -79,7 +79,7 @@ def test_evad_graph_selects_tokens_from_its_input(evad_export, monkeypatch):
 
 
 def test_unpruned_model_exports_with_torchscript_exporter_at_batch_two(tmp_path, one_thread):
-    model = registry.create_model("vit-tiny", "none", **TINY)
+    model = models.create_model("vit-tiny", "none", **TINY)
     report = export_onnx(model, tmp_path / "none.onnx", batch=2, exporter="torchscript")
     assert report.exporter == "torchscript" and report.input_shapes["video"] == (2, 3, 8, 32, 32)
     assert report.output_shape == (2, 10) and report.max_abs_diff < TOLERANCE
@@ -95,7 +95,7 @@ def test_unpruned_model_exports_with_torchscript_exporter_at_batch_two(tmp_path,
     ("mads", "vivit-tiny", {"strategy": "threshold"}, "strategy=topk"),
 ])
 def test_non_exportable_method_says_why(tmp_path, method, backbone, options, reason):
-    model = registry.create_model(backbone, method, options=options, **TINY)
+    model = models.create_model(backbone, method, options=options, **TINY)
     path = tmp_path / "x.onnx"
     with pytest.raises(VidpruneError, match=f"'{method}' cannot be exported") as info:
         export_onnx(model, path)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vidprune.measure.flops import count_flops, count_torch, example_input
-from vidprune.registry import create_model
+from vidprune.models import create_model
 
 # ---------------------------------------------------------------- independent analytic count
 

@@ -16,7 +16,7 @@ from vidprune.backbones.vivit import ViViTInfo
 from vidprune.errors import VidpruneError
 from vidprune.measure.flops import count_flops, count_torch, example_input
 from vidprune.methods.mads import MADS
-from vidprune.registry import create_model
+from vidprune.models import create_model
 
 
 def _info(frames: int = 8, modalities=("rgb",)) -> ViViTInfo:

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from vidprune import registry
+from vidprune import models
 from vidprune.errors import VidpruneError
 from vidprune.measure.flops import count_flops, example_input, map_tensors
 
@@ -46,7 +47,7 @@ CLASSES = 10
 
 def build(backbone: str, method: str, keep=None, attention: str = "sdpa"):
     torch.manual_seed(0)
-    return registry.create_model(backbone, method, keep, classes=CLASSES, attention=attention)
+    return models.create_model(backbone, method, keep, classes=CLASSES, attention=attention)
 
 
 def run(model, inputs) -> torch.Tensor:

@@ -19,7 +19,8 @@ from vidprune.errors import VidpruneError
 from vidprune.measure.flops import count_flops, relative_gap
 from vidprune.methods.poguise import POGUISE, SemanticAttention, merge_count, merge_discarded
 from vidprune.recipes import load_recipe
-from vidprune.registry import create_model, parse_options
+from vidprune.registry import parse_options
+from vidprune.models import create_model
 from vidprune.sweep import SweepSpec, expand_points
 from vidprune.tokens import TokenState, keep_count
 

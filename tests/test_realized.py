@@ -15,7 +15,7 @@ from vidprune.measure.flops import (count_flops, count_thop, count_torch, count_
 from vidprune.methods.evad import WeightedReceivedAttention
 from vidprune.methods.poguise import SemanticAttention
 from vidprune.methods.sttm import FilterAttention
-from vidprune.registry import create_model
+from vidprune.models import create_model
 
 TINY = [("vit-tiny", "none", None), ("vit-tiny", "random", 0.6), ("vit-tiny", "evad", 0.6),
         ("vit-tiny", "poguise", 0.6), ("vit-tiny", "sttm", 0.5), ("timesformer-tiny", "sttm", 0.5),

@@ -18,7 +18,7 @@ from vidprune.cli.app import app
 from vidprune.errors import VidpruneError
 from vidprune.measure.flops import AGREEMENT_TOLERANCE, count_flops, count_torch, example_input, relative_gap
 from vidprune.methods.sllm import SLLM, restoration_divergence, sampling_plan
-from vidprune.registry import create_model
+from vidprune.models import create_model
 from vidprune.sweep import SweepSpec
 
 TINY_TOKENS = 17

@@ -15,7 +15,7 @@ from vidprune.backbones.base import BackboneInfo
 from vidprune.errors import VidpruneError
 from vidprune.measure.flops import count_flops, count_torch
 from vidprune.methods.sttm import STTM, Merger, correspondence, default_layers, most_orthogonal
-from vidprune.registry import create_model
+from vidprune.models import create_model
 from vidprune.tokens import TokenState
 
 SMALL_VIT = dict(frames=4, size=64)  # vit-s-cls at 4 frames x 4x4 patches: 65 tokens, 12 blocks

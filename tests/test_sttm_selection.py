@@ -82,7 +82,7 @@ def test_groups_done_in_chunks_pick_the_same(monkeypatch):
 
 
 def test_a_forward_pass_at_batch_two_equals_the_loop(monkeypatch):
-    from vidprune.registry import create_model
+    from vidprune.models import create_model
 
     torch.manual_seed(0)
     model = create_model("vit-s-cls", "sttm", frames=4, size=64)

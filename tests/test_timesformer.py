@@ -8,7 +8,7 @@ import torch
 
 from vidprune.errors import VidpruneError
 from vidprune.measure.flops import count_flops, count_torch, example_input
-from vidprune.registry import create_model
+from vidprune.models import create_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

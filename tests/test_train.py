@@ -13,7 +13,7 @@ from vidprune.checkpoints import load_checkpoint
 from vidprune.cli.app import app
 from vidprune.data import synthetic
 from vidprune.errors import VidpruneError
-from vidprune.registry import create_model
+from vidprune.models import create_model
 from vidprune.train import TrainConfig, Trainer, lr_factor, parameter_groups
 
 FRAMES, SIZE = 4, 32

@@ -9,7 +9,7 @@ import torch
 
 from vidprune.backbones.vit import sinusoid_table
 from vidprune.errors import VidpruneError
-from vidprune.registry import create_model
+from vidprune.models import create_model
 
 
 def _clip(model, batch: int = 1, seed: int = 0) -> torch.Tensor:

@@ -9,7 +9,8 @@ import torch
 from vidprune.backbones.vivit import SIZES, ViViT, cross_modal_mask
 from vidprune.errors import VidpruneError
 from vidprune.measure.flops import count_flops, count_torch, example_input
-from vidprune.registry import create_model, get_backbone
+from vidprune.registry import get_backbone
+from vidprune.models import create_model
 
 
 def _inputs(model, batch: int = 1, seed: int = 0):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Optional
 
 from vidprune import registry
+from vidprune import models
 from vidprune.checkpoints import (checkpoint_classes, infer_backbone, load_checkpoint, read_checkpoint,
                                   restore_method_state)
 from vidprune.data.datasets import VideoDataset, make_loader, open_video_list
@@ -121,7 +122,7 @@ def open_dataset(*, data, root, checkpoint, trust_checkpoint: bool, method_cls, 
         warn(f"... and {len(videos.bad_lines) - MAX_LISTED} more bad lines")
     raw, backbone, frames, size, classes = resolve_checkpoint(checkpoint, trust_checkpoint, method_cls, backbone,
                                                               frames, size, classes, videos.num_classes)
-    model = registry.create_model(backbone, "none", frames=frames, size=size, classes=classes,
+    model = models.create_model(backbone, "none", frames=frames, size=size, classes=classes,
                                   attention=attention, seed=seed)
     notes: list[str] = []
     if raw is not None:

@@ -242,7 +242,7 @@ def generated_clips(model: nn.Module, count: int = 8, batch: int = 4, seed: int 
 def build_method(model: nn.Module, method: str, keep: Optional[float], options: Optional[dict] = None,
                  seed: int = 0) -> nn.Module:
     """A method instance for `model`'s geometry, validated as `create_model` validates it."""
-    from vidprune.registry import make_method
+    from vidprune.models import make_method
 
     return make_method(model.info, method, keep, options, seed=seed)
 

@@ -174,7 +174,7 @@ def _graph_opset(path: Path) -> int:
 def export_onnx(model: nn.Module, path, batch: int = 1, opset: Optional[int] = None, check: bool = True,
                 atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, exporter: str = "dynamo",
                 seed: int = 0) -> ExportReport:
-    """Export `model` (a `registry.create_model` model, method in place) to the ONNX file `path` for a
+    """Export `model` (a `models.create_model` model, method in place) to the ONNX file `path` for a
     fixed batch, in fp32 on CPU.
 
     With `check`, run the graph in onnxruntime on the export input and on a second input (seed + 1) and

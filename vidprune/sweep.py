@@ -25,6 +25,7 @@ import torch
 
 import vidprune
 from vidprune import registry
+from vidprune import models
 from vidprune.errors import VidpruneError
 from vidprune.measure import device as devices
 from vidprune.measure.flops import count_flops, example_input
@@ -328,7 +329,7 @@ class Runner:
         }
 
     def build(self, point: Point) -> torch.nn.Module:
-        return registry.create_model(self.spec.backbone, point.method, point.keep, frames=self.spec.frames,
+        return models.create_model(self.spec.backbone, point.method, point.keep, frames=self.spec.frames,
                                      size=self.spec.size, classes=self.spec.classes,
                                      attention=self.spec.attention, options=point.options, seed=self.spec.seed)
 
@@ -340,7 +341,7 @@ class Runner:
             return self.build(point)
         if self._counting_backbone is None:
             self._counting_backbone = self.build(Point("none", None, {}))
-        method = registry.make_method(self._counting_backbone.info, point.method, point.keep, point.options,
+        method = models.make_method(self._counting_backbone.info, point.method, point.keep, point.options,
                                       seed=self.spec.seed)
         try:
             self._counting_backbone.set_method(method)

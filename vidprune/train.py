@@ -106,7 +106,7 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, config: TrainConfig):
-        from vidprune import registry
+        from vidprune import models
         from vidprune.data.datasets import VideoDataset, make_loader, open_video_list
         from vidprune.data.samplers import make_sampler
         from vidprune.data.transforms import ClipTransform, resolve_normalization
@@ -126,7 +126,7 @@ class Trainer:
         self.val_list = open_video_list(c.val_data, c.val_root) if (c.val_data or c.val_root) else None
         classes = c.classes or self.train_list.num_classes
         torch.manual_seed(c.seed)  # the initial weights are a function of the seed
-        self.model = registry.create_model(c.backbone, c.method, c.keep, frames=c.frames, size=c.size,
+        self.model = models.create_model(c.backbone, c.method, c.keep, frames=c.frames, size=c.size,
                                            classes=classes, attention=c.attention, options=c.options, seed=c.seed)
         self.init_report = None
         if c.checkpoint:

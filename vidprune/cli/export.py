@@ -39,6 +39,7 @@ def export(
     """Export a model with its method in place to ONNX (static shapes), checked against PyTorch in
     onnxruntime on two different inputs: the first step towards a TensorRT engine (docs/export.md)."""
     from vidprune import registry
+    from vidprune import models
     from vidprune.accuracy import resolve_checkpoint
     from vidprune.checkpoints import load_checkpoint, restore_method_state
     from vidprune.export import export_blocker, export_onnx, require_export_packages
@@ -54,7 +55,7 @@ def export(
     require_export_packages(check=not no_check, exporter=exporter)
     raw, backbone, frames, size, classes = resolve_checkpoint(checkpoint, trust_checkpoint, method_cls, backbone,
                                                               frames, size, classes, default_classes=400)
-    model = registry.create_model(backbone, method, keep, frames=frames, size=size, classes=classes,
+    model = models.create_model(backbone, method, keep, frames=frames, size=size, classes=classes,
                                   options=options, seed=seed)
     blocker = export_blocker(model)
     if blocker:  # before loading weights: nothing to wait for

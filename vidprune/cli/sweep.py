@@ -81,6 +81,7 @@ def sweep(
     """Measure the unpruned reference and one row per knob value; write a tidy table. With --data (and
     --checkpoint) the same table gets top-1/top-5 accuracy and fidelity on that dataset."""
     from vidprune import registry
+    from vidprune import models
     from vidprune.accuracy import dataset_row, evaluate_dataset, open_dataset
     from vidprune.executors import EXECUTORS, REMOTE_EXECUTORS, parse_resources, parse_slurm_options
     from vidprune.recipes import load_recipe
@@ -162,7 +163,7 @@ def sweep(
     import torch
 
     with torch.device("meta"):  # only its geometry is read
-        probe = registry.create_model(spec.backbone, "none", frames=spec.frames, size=spec.size, classes=spec.classes)
+        probe = models.create_model(spec.backbone, "none", frames=spec.frames, size=spec.size, classes=spec.classes)
     name = result_filename(spec.method, spec.backbone, probe.info.frames, probe.info.size, device_tag, spec.dtype,
                            torch.__version__, stamp, fmt)
     hashes = [config_hash(spec, p) for p in points]

@@ -80,7 +80,7 @@ class TokenMethod(nn.Module):
         self.keep = keep
         self.seed = seed
         # every declared option, parsed and checked by its declaration, defaults filled in (parsing is
-        # idempotent, so options `registry.make_method` already parsed pass unchanged)
+        # idempotent, so options `models.make_method` already parsed pass unchanged)
         self.settings = parse_options(type(self), options)
 
     # ------------------------------------------------------------------ per forward pass, every family
