@@ -474,3 +474,8 @@ def test_out_of_memory_halves_the_batch(tmp_path, monkeypatch):
     assert "note: batch 4 ran out of memory; retried at 2" in text
     assert "note: batch 2 ran out of memory; retried at 1" in text
     assert text.index("batch 4 ran out of memory") < text.index("batch 2 ran out of memory")
+
+
+def test_train_set_takes_one_value(tmp_path):
+    result = invoke("train", "--root", tmp_path, "--method", "evad", "--set", "w_kf=1,2")
+    assert_user_error(result, "train trains one model", "--set w_kf takes one value", "'1,2'")

@@ -22,6 +22,7 @@ from vidprune.report.tables import summary_table
 from vidprune.results import add_speedups, read_tables, to_frame
 
 REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "results/examples"
 REAL_TABLES = [str(REPO / "results/examples/*.csv"), str(REPO / "results/demo/*.csv")]
 
 CPU = dict(backbone="vit-b", knob="rho", frames=16, size=224, batch=1, device="cpu", device_name="Test CPU",
@@ -432,3 +433,23 @@ def test_a_method_run_with_two_option_sets_gets_a_line_each():
             for s in group["series"] if s["method"] == "evad" and s["kind"] == "measured"]
     assert evad == [('evad {"layers": "3,6,9", "w_kf": 2.0}', 0, [0.3, 0.5]),
                     ('evad {"layers": "4,7,10", "w_kf": 4.0}', 1, [0.7, 0.9])]
+
+
+def test_report_command_writes_the_page_and_checks_out_first(tmp_path):
+    from typer.testing import CliRunner
+
+    from vidprune.cli.app import app
+
+    runner = CliRunner()
+    out = tmp_path / "page.html"
+    result = runner.invoke(app, ["report", *sorted(str(p) for p in EXAMPLES.glob("*.csv")), "--out", str(out),
+                                 "--title", "examples"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output
+    assert "<title>examples</title>" in out.read_text(encoding="utf-8")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = runner.invoke(app, ["report", str(next(EXAMPLES.glob("*.csv"))), "--out", str(blocker / "r.html")])
+    assert result.exit_code == 2 and "is a file, not a folder" in result.output
+    result = runner.invoke(app, ["report", str(tmp_path / "missing.csv")])
+    assert result.exit_code == 2 and "does not exist" in result.output

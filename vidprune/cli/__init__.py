@@ -9,6 +9,7 @@ from vidprune.cli import app as app_module
 from vidprune.cli import sweep  # noqa: F401
 from vidprune.cli import profile  # noqa: F401
 from vidprune.cli import results  # noqa: F401
+from vidprune.cli import report  # noqa: F401
 from vidprune.cli import catalog  # noqa: F401
 from vidprune.cli import accuracy  # noqa: F401
 from vidprune.cli import train  # noqa: F401

@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from vidprune.cli.app import FRAMES_OPTION, SEED_OPTION, SET_ONE_OPTION, SIZE_OPTION, app, console, progress_bar, user_errors
+from vidprune.cli.app import (FRAMES_OPTION, SEED_OPTION, SET_ONE_OPTION, SIZE_OPTION, app, console, progress_bar,
+                              single_options, user_errors)
 from vidprune.errors import VidpruneError
 
 
@@ -49,13 +50,13 @@ def train(
 ) -> None:
     """Train a backbone with a method in place; writes checkpoints and a metrics log."""
     from vidprune import registry
-    from vidprune.sweep import parse_set
     from vidprune.train import EpochLog, TrainConfig, Trainer
 
     if data is None and root is None:
         raise VidpruneError("no training data: pass --data LIST (and --root DIR) or --root DIR with class folders.")
     method_cls = registry.get_method(method)
-    options = {k: v[0] for k, v in parse_set(set_ or [], method_cls).items()}
+    options = single_options(set_ or [], method_cls, "train trains one model: --set {name} takes one value, "
+                             "got '{values}'. Train each setting separately.")
     config = TrainConfig(data=str(data) if data else None, root=str(root) if root else None,
                          val_data=str(val_data) if val_data else None,
                          val_root=str(val_root or root) if (val_data or val_root) and (val_root or root) else None,

@@ -348,6 +348,9 @@ def write_report(patterns_or_frame: Iterable[str] | pd.DataFrame, out: Path | st
             raise VidpruneError("no result tables given. Pass CSV or Parquet files written by `vidprune sweep`.")
         df = read_tables(patterns)
     page = render_report(df, title)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise VidpruneError(f"cannot write the report to '{out}': {exc.strerror or exc}. Choose another --out.") from None
     return out
