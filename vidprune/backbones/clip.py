@@ -45,7 +45,7 @@ from vidprune.backbones.base import BackboneInfo, VideoBackbone
 from vidprune.backbones.blocks import AttentionTap, MultiHeadAttention, run_blocks
 from vidprune.backbones.vit import check_input, check_input_geometry
 from vidprune.errors import VidpruneError
-from vidprune.registry import register_backbone
+from vidprune.registry import register_backbone, register_family
 from vidprune.tokens import TokenState
 
 # ActionCLIP sizes its frame-position table by CLIP's text context length.
@@ -320,6 +320,8 @@ def _builder(width: int, layers: int, heads: int, patch: int, **fixed):
     return build
 
 
+# CLIP's own image statistics (OpenAI's preprocessing). Its checkpoint layouts are in clip_weights.py.
+register_family("clip", normalization="clip", example_backbone="clip-b16")
 register_backbone("clip-b32", "clip", _builder(768, 12, 12, 32),
                   "CLIP ViT-B/32 per frame (50 tokens, 768 wide, 12 blocks, 512-d) + mean pooling (ActionCLIP meanP)",
                   frames=8, size=224)
