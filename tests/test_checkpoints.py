@@ -11,6 +11,7 @@ import torch
 
 from vidprune import checkpoints as ckpt
 from vidprune.backbones.vit import sinusoid_table
+from vidprune.backbones.vit_weights import resize_pos_table
 from vidprune.errors import VidpruneError
 from vidprune.models import create_model
 
@@ -222,7 +223,7 @@ def test_unknown_layout_and_unreadable_files(tmp_path):
 
 
 def test_layout_registry_is_per_family():
-    assert [l.name for l in ckpt.layouts("vit")][:2] == ["videomae", "hf-videomae"]
+    assert [layout.name for layout in ckpt.layouts("vit")][:2] == ["videomae", "hf-videomae"]
     layout = ckpt.CheckpointLayout("toy", "toyfamily", "test", lambda s: "w" in s, lambda s: (dict(s), []))
     ckpt.register_layout(layout)
     try:
@@ -274,10 +275,10 @@ def test_learned_table_is_interpolated_to_the_model_grid():
 
 def test_resize_pos_table_preserves_constant_and_separable_fields():
     const = torch.full((1, 2 * 3 * 3, 4), 0.5)
-    torch.testing.assert_close(ckpt.resize_pos_table(const, (2, 3, 3), (4, 6, 6)), torch.full((1, 144, 4), 0.5))
+    torch.testing.assert_close(resize_pos_table(const, (2, 3, 3), (4, 6, 6)), torch.full((1, 144, 4), 0.5))
     # a table that varies only in time keeps its per-slice values where time is not resized
     t_only = torch.arange(2.0).repeat_interleave(9).reshape(1, 18, 1).expand(1, 18, 3)
-    out = ckpt.resize_pos_table(t_only, (2, 3, 3), (2, 5, 5)).reshape(2, 25, 3)
+    out = resize_pos_table(t_only, (2, 3, 3), (2, 5, 5)).reshape(2, 25, 3)
     torch.testing.assert_close(out[0], torch.zeros(25, 3))
     torch.testing.assert_close(out[1], torch.ones(25, 3))
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from vidprune import checkpoints as ckpt
 from vidprune.backbones.clip import CLIPVideo
+from vidprune.backbones.clip_weights import resize_clip_pos_table
 from vidprune.errors import VidpruneError
 from vidprune.models import create_model
 
@@ -317,12 +318,12 @@ def test_resize_clip_pos_table_follows_the_grid_and_rejects_non_square_tables():
     # a table varying only along the columns keeps that: each row of the grid is the same after resizing
     grid = torch.arange(4.0).repeat(4).reshape(16, 1).expand(16, 3)
     table = torch.cat([torch.full((1, 3), -1.0), grid])
-    out = ckpt.resize_clip_pos_table(table, 6)[1:].reshape(6, 6, 3)
+    out = resize_clip_pos_table(table, 6)[1:].reshape(6, 6, 3)
     torch.testing.assert_close(out, out[:1].expand(6, 6, 3))
     assert bool((out[0, 1:, 0] > out[0, :-1, 0]).all())  # still increasing along the columns
-    assert ckpt.resize_clip_pos_table(table, 4) is table
+    assert resize_clip_pos_table(table, 4) is table
     with pytest.raises(VidpruneError, match="not a class token plus a square patch grid"):
-        ckpt.resize_clip_pos_table(torch.zeros(6, 3), 2)
+        resize_clip_pos_table(torch.zeros(6, 3), 2)
 
 
 @pytest.mark.parametrize("layout", ["openai", "hf"])

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidprune.backbones.clip import CLIPTextEncoder, CLIPVideo, TemporalTransformerHead, openai_to_vidprune
+from vidprune.backbones.clip import CLIPTextEncoder, CLIPVideo, TemporalTransformerHead
+from vidprune.backbones.clip_weights import openai_to_vidprune
 from vidprune.errors import VidpruneError
 from vidprune.measure.flops import AGREEMENT_TOLERANCE, count_flops, count_torch, example_input, relative_gap
 from vidprune.registry import get_backbone

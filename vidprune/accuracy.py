@@ -1,8 +1,8 @@
 """Accuracy of sweep points on a labelled video dataset, as `vidprune eval` and `vidprune sweep --data` run it.
 
-`open_dataset` reads the list file and the checkpoint and builds the model; `evaluate_dataset` runs every
-point over one decoding pass; `dataset_row` merges a point's accuracy and the dataset's provenance into
-its result row. `resolve_checkpoint` settles backbone, geometry and classes from flags and checkpoint.
+`open_dataset` reads the list file and builds the model with the checkpoint's weights (`models.create_model`
+settles backbone, geometry and classes from flags and checkpoint); `evaluate_dataset` runs every point over
+one decoding pass; `dataset_row` merges a point's accuracy and the dataset's provenance into its result row.
 
 Nothing here prints: warnings, informational lines and progress go to the callables the caller passes
 (the command line passes Rich consoles), so Python users get `warnings.warn` and silence by default.
@@ -17,10 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager, Optional
 
-from vidprune import registry
 from vidprune import models
-from vidprune.checkpoints import (checkpoint_classes, infer_backbone, load_checkpoint, read_checkpoint,
-                                  restore_method_state)
+from vidprune.checkpoints import read_checkpoint, restore_method_state
 from vidprune.data.datasets import VideoDataset, make_loader, open_video_list
 from vidprune.data.samplers import make_sampler
 from vidprune.data.transforms import ClipTransform, resolve_normalization
@@ -43,47 +41,6 @@ def _silent(text: str) -> None:
 
 def _no_progress(description: str, total: int) -> ContextManager[Callable[[int], None]]:
     return nullcontext(lambda n: None)
-
-
-def _resolve_geometry(raw, frames: Optional[int], size: Optional[int]) -> tuple[Optional[int], Optional[int]]:
-    """--frames/--size, else what the checkpoint records (vidprune's metadata or a Hugging Face
-    config.json), else None (the backbone's default)."""
-    meta = raw.meta if raw is not None else {}
-    config = meta.get("hf_config") or {}
-    vision = config.get("vision_config") or {}  # a CLIPModel config keeps the image tower's settings here
-    frames = frames if frames is not None else meta.get("frames", config.get("num_frames"))
-    size = size if size is not None else meta.get("size", config.get("image_size", vision.get("image_size")))
-    return (int(frames) if frames is not None else None, int(size) if size is not None else None)
-
-
-def _resolve_backbone(backbone: Optional[str], raw, method_cls) -> str:
-    if backbone:
-        return backbone
-    if raw is not None:
-        if raw.meta.get("backbone"):
-            return raw.meta["backbone"]
-        for family in method_cls.families:
-            try:
-                found = infer_backbone(raw.state, family)
-            except VidpruneError:
-                continue
-            if found:
-                return found
-        raise VidpruneError("cannot tell which backbone the checkpoint is: pass --backbone (see `vidprune list`).")
-    return getattr(method_cls, "default_backbone", "vit-b")
-
-
-def resolve_checkpoint(checkpoint: Optional[Path], trust: bool, method_cls, backbone: Optional[str],
-                       frames: Optional[int], size: Optional[int], classes: Optional[int], default_classes: int):
-    """(raw checkpoint or None, backbone, frames, size, classes): flags first, then what the checkpoint
-    records or its tensors show, then the method's default backbone and `default_classes`."""
-    raw = read_checkpoint(checkpoint, trust=trust) if checkpoint is not None else None
-    backbone = _resolve_backbone(backbone, raw, method_cls)
-    frames, size = _resolve_geometry(raw, frames, size)
-    if classes is None:
-        family = registry.get_backbone(backbone).family
-        classes = (checkpoint_classes(raw.state, family) if raw is not None else None) or default_classes
-    return raw, backbone, frames, size, classes
 
 
 @dataclass
@@ -120,13 +77,15 @@ def open_dataset(*, data, root, checkpoint, trust_checkpoint: bool, method_cls, 
         warn(f"bad list line {line}")
     if len(videos.bad_lines) > MAX_LISTED:
         warn(f"... and {len(videos.bad_lines) - MAX_LISTED} more bad lines")
-    raw, backbone, frames, size, classes = resolve_checkpoint(checkpoint, trust_checkpoint, method_cls, backbone,
-                                                              frames, size, classes, videos.num_classes)
-    model = models.create_model(backbone, "none", frames=frames, size=size, classes=classes,
-                                  attention=attention, seed=seed)
+    raw = read_checkpoint(checkpoint, trust=trust_checkpoint) if checkpoint is not None else None
+    if raw is None:  # the sweep's method decides the backbone, the dataset the classes
+        backbone = backbone or method_cls.default_backbone
+        classes = classes if classes is not None else videos.num_classes
+    model = models.create_model(backbone, "none", frames=frames, size=size, classes=classes, attention=attention,
+                                seed=seed, checkpoint=raw)
     notes: list[str] = []
     if raw is not None:
-        report = load_checkpoint(model, raw)
+        report = model.checkpoint_report
         say(f"{checkpoint}: {report.summary()}")
         notes.extend(report.notes)
         for note in report.notes:
@@ -135,10 +94,11 @@ def open_dataset(*, data, root, checkpoint, trust_checkpoint: bool, method_cls, 
         warn("no --checkpoint: random weights, so accuracy is chance level; agreement/kl/cosine still say how "
              "far each method moves the model")
         notes.append("random weights (no checkpoint)")
-    if videos.num_classes > classes:
-        raise VidpruneError(f"the dataset has {videos.num_classes} classes but the model predicts {classes}: "
+    if videos.num_classes > model.classes:
+        raise VidpruneError(f"the dataset has {videos.num_classes} classes but the model predicts {model.classes}: "
                             "pass the matching checkpoint or --classes.")
-    return DatasetSetup(videos, raw, checkpoint, backbone, model.info.frames, model.info.size, classes, model, notes)
+    return DatasetSetup(videos, raw, checkpoint, model.backbone_name, model.info.frames, model.info.size, model.classes,
+                        model, notes)
 
 
 def evaluate_dataset(setup: DatasetSetup, points, *, device, dtype, seed: int, sampling: str, stride: int,

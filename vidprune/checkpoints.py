@@ -1,35 +1,32 @@
-"""Load pretrained weights into vidprune backbones: VideoMAE / VideoMAEv2 official `.pth` files, Hugging
-Face `transformers` VideoMAE files (safetensors or bin), CLIP image towers (OpenAI, open_clip, Hugging Face
-CLIPModel) and vidprune's own training checkpoints.
+"""Read checkpoints and load them into vidprune backbones: the generic part, for every family.
 
-A checkpoint layout is a (detect, convert) pair registered per backbone family, so a new family (CLIP,
-TimeSformer, ...) plugs its layouts in with `register_layout` without touching this module's callers.
-`convert` renames and reshapes tensors into the model's own state-dict names; the loader then checks
-names and shapes and raises one `VidpruneError` listing missing, unexpected and mis-shaped tensors.
+This module reads files (`.pth`/`.pt`/`.bin`, safetensors, Hugging Face model folders; pickles only with
+trust), unwraps the state dict from training scripts' nesting, keeps the registry of checkpoint layouts
+and detects which one a state dict is in, and loads: names and shapes checked in one `VidpruneError`
+listing missing, unexpected and mis-shaped tensors, the classifier required or optional, a `LoadReport`,
+and a method's own trained parameters kept apart (`method_state`, `restore_method_state`).
 
-Position tables: the VideoMAE backbone uses a fixed 1-D sinusoid table over the flattened token index,
-rebuilt for whatever grid the model is created with (exactly what VideoMAE does at another input size),
-so a checkpoint carries nothing to resize. A checkpoint with a *learned* table (`pos_embed` that is not
-the sinusoid) has it interpolated to the model's grid (bicubic in space per time slice, then linear in
-time) and written over the model's table. CLIP's learned table (class token + patch grid) is resized in
-2-D the way open_clip does it (bicubic, antialiased, class token kept).
+The layouts themselves live beside their backbone family: a `CheckpointLayout` is a (detect, convert)
+pair, plus optional hooks that fit the converted tensors to the model's input geometry, registered with
+`register_layout` when the family's module is imported (`vidprune/backbones/vit_weights.py`: VideoMAE
+and Hugging Face VideoMAE; `vidprune/backbones/clip_weights.py`: OpenAI / open_clip and Hugging Face
+CLIP). The registry imports those modules on first use, so this module never names a family, and
+`infer_backbone` / `checkpoint_classes` ask whichever registered layouts recognise a state dict.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from vidprune import registry
 from vidprune.errors import VidpruneError
 
 # Keys under which training scripts nest the weights, tried in this order (VideoMAE: model or module).
@@ -160,7 +157,7 @@ class CheckpointLayout:
     family: str
     description: str
     detect: Callable[[dict], bool]
-    # state -> (state with the model's own names, notes). ViT position tables are left under `pos_embed`.
+    # state -> (state with the model's own names, notes).
     convert: Callable[[dict], tuple[dict, list[str]]]
     # (converted state, model, checkpoint metadata, notes): fits the state to the model's input geometry in
     # place (a position table for another size) and the model to what the metadata says (CLIP's activation),
@@ -168,370 +165,86 @@ class CheckpointLayout:
     fit: Optional[Callable[[dict, nn.Module, dict, list], None]] = None
     # Converted tensors whose shape follows the input size rather than the architecture: ignored when
     # inferring the backbone, so a checkpoint trained at another resolution still names its backbone.
-    geometry_keys: tuple[str, ...] = ("pos_embed",)
+    geometry_keys: tuple[str, ...] = ()
+    # Converted tensors the model keeps outside its state dict (VideoMAE's position table, a non-persistent
+    # buffer): taken out before names and shapes are checked, and given to `load_outside` as
+    # (model, {key: tensor}, checkpoint metadata, notes) once the state dict has loaded.
+    outside_keys: tuple[str, ...] = ()
+    load_outside: Optional[Callable[[nn.Module, dict, dict, list], None]] = None
 
 
+# family -> its layouts, in registration order. Filled by the families' own modules (vidprune/backbones/*),
+# which the registry imports on first use.
 _LAYOUTS: dict[str, list[CheckpointLayout]] = {}
 
 
 def register_layout(layout: CheckpointLayout) -> None:
     """Add a layout for a backbone family; layouts are tried in registration order."""
     existing = _LAYOUTS.setdefault(layout.family, [])
-    if any(l.name == layout.name for l in existing):
+    if any(known.name == layout.name for known in existing):
         raise ValueError(f"layout {layout.name!r} registered twice for family {layout.family!r}")
     existing.append(layout)
 
 
+def _registered() -> dict[str, list[CheckpointLayout]]:
+    registry.families()  # imports every backbone family, which registers its layouts
+    return _LAYOUTS
+
+
 def layouts(family: str) -> list[CheckpointLayout]:
-    return list(_LAYOUTS.get(family, []))
+    return list(_registered().get(family, []))
 
 
-def detect_layout(state: dict, family: str) -> CheckpointLayout:
-    for layout in layouts(family):
-        if layout.detect(state):
-            return layout
-    known = ", ".join(l.name for l in layouts(family)) or "none"
+def _first_match(state: dict, family: str) -> Optional[CheckpointLayout]:
+    return next((layout for layout in layouts(family) if layout.detect(state)), None)
+
+
+def detect_layout(state: dict, family: Optional[str] = None) -> CheckpointLayout:
+    """The layout `state` is in: among `family`'s layouts, or every family's when None."""
+    candidates = [family] if family is not None else list(_registered())
+    for name in candidates:
+        found = _first_match(state, name)
+        if found is not None:
+            return found
     sample = ", ".join(list(state)[:6])
+    if family is None:
+        known = ", ".join(layout.name for group in _registered().values() for layout in group) or "none"
+        raise VidpruneError(f"checkpoint layout not recognised (known layouts: {known}); its first tensors are: "
+                            f"{sample}. Convert it to one of those layouts, or register a layout beside its backbone "
+                            "family (docs/architecture.md).")
+    known = ", ".join(layout.name for layout in layouts(family)) or "none"
+    problem = f"checkpoint layout not recognised for a '{family}' backbone (known layouts: {known})"
+    for other in _registered():
+        found = _first_match(state, other) if other != family else None
+        try:
+            trained_as = _backbone_with_shapes(state, found) if found is not None else None
+        except VidpruneError:
+            trained_as = None
+        if trained_as:
+            raise VidpruneError(f"{problem}: it is a '{other}' checkpoint ({found.name} layout) with the tensors of "
+                                f"'{trained_as}'. Pass --backbone {trained_as}.")
     raise VidpruneError(
-        f"checkpoint layout not recognised for a '{family}' backbone (known layouts: {known}); its first "
-        f"tensors are: {sample}. Convert it to one of those layouts, or register a layout in "
-        "vidprune/checkpoints.py."
+        f"{problem}; its first tensors are: {sample}. Convert it to one of those layouts, or register a layout "
+        f"beside the '{family}' family (docs/architecture.md)."
     )
 
 
-def _fold_qv_bias(q_bias: torch.Tensor, v_bias: torch.Tensor) -> torch.Tensor:
-    """VideoMAE / BEiT learn q and v biases only; the key bias is fixed at zero (it cancels in softmax)."""
-    return torch.cat([q_bias, torch.zeros_like(q_bias), v_bias])
-
-
-_PRETRAIN_ONLY = re.compile(r"^(decoder\.|decoder_|encoder_to_decoder|mask_token|videomae\.decoder|decoder$)")
-
-
-def _drop_pretraining(state: dict, notes: list[str]) -> dict:
-    dropped = [k for k in state if _PRETRAIN_ONLY.match(k)]
-    if dropped:
-        notes.append(f"ignored {len(dropped)} pre-training decoder tensors (encoder weights only)")
-    return {k: v for k, v in state.items() if k not in dropped}
-
-
-def _final_norm(state: dict, name: str, notes: list[str]) -> dict:
-    """A checkpoint without fc_norm normalises every token before pooling (`norm` / `layernorm`); ours
-    normalises the pooled feature. Loading one into the other is the only place to put it, and not exact."""
-    if f"{name}.weight" in state and "fc_norm.weight" not in state:
-        state["fc_norm.weight"] = state.pop(f"{name}.weight")
-        state["fc_norm.bias"] = state.pop(f"{name}.bias")
-        notes.append(f"loaded the checkpoint's per-token '{name}' into fc_norm, which vidprune applies after mean "
-                     "pooling: not identical (fine-tune before trusting accuracy)")
-    return state
-
-
-def _is_videomae(state: dict) -> bool:
-    return any(re.match(r"^(encoder\.)?(blocks\.\d+\.attn\.|patch_embed\.proj\.)", k) for k in state)
-
-
-def _convert_videomae(state: dict) -> tuple[dict, list[str]]:
-    notes: list[str] = []
-    state = _drop_pretraining(dict(state), notes)
-    if any(k.startswith("encoder.") for k in state):
-        state = {k[len("encoder."):] if k.startswith("encoder.") else k: v for k, v in state.items()}
-        notes.append("stripped the pre-training 'encoder.' prefix")
-    folded = 0
-    for key in [k for k in state if k.endswith(".attn.q_bias")]:
-        prefix = key[: -len("q_bias")]
-        v_key = prefix + "v_bias"
-        if v_key not in state:
-            raise VidpruneError(f"checkpoint has {key} but no {v_key}: q and v biases come in pairs.")
-        state[prefix + "qkv.bias"] = _fold_qv_bias(state.pop(key), state.pop(v_key))
-        folded += 1
-    if folded:
-        notes.append(f"folded separate q/v biases into qkv.bias (zero k bias) in {folded} blocks")
-    state = _final_norm(state, "norm", notes)
-    return state, notes
-
-
-_HF_RENAMES = [
-    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^embeddings\.position_embeddings$", "pos_embed"),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
-    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
-    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
-    (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
-    (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
-    (r"^classifier\.", "head."),
-]
-
-
-def _is_hf_videomae(state: dict) -> bool:
-    return any(re.match(r"^(videomae\.)?(embeddings\.patch_embeddings\.|encoder\.layer\.\d+\.)", k) for k in state)
-
-
-def _convert_hf_videomae(state: dict) -> tuple[dict, list[str]]:
-    notes: list[str] = []
-    state = _drop_pretraining(dict(state), notes)
-    state = {k[len("videomae."):] if k.startswith("videomae.") else k: v for k, v in state.items()}
-    out: dict[str, torch.Tensor] = {}
-    attention: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        m = re.match(r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value|q_bias|v_bias)(?:\.(weight|bias))?$", key)
-        if m:
-            part = m.group(2) if m.group(3) is None else f"{m.group(2)}.{m.group(3)}"
-            attention.setdefault(int(m.group(1)), {})[part] = value
-            continue
-        for pattern, replacement in _HF_RENAMES:
-            new, n = re.subn(pattern, replacement, key)
-            if n:
-                out[new] = value
-                break
-        else:
-            out[key] = value  # fc_norm, layernorm, or something unexpected that the check below reports
-    for layer, parts in sorted(attention.items()):
-        names = ("query.weight", "key.weight", "value.weight")
-        missing = [n for n in names if n not in parts]
-        if missing:
-            raise VidpruneError(f"layer {layer} of the checkpoint lacks attention.attention.{missing[0]}.")
-        out[f"blocks.{layer}.attn.qkv.weight"] = torch.cat([parts[n] for n in names])
-        if "q_bias" in parts and "v_bias" in parts:
-            out[f"blocks.{layer}.attn.qkv.bias"] = _fold_qv_bias(parts["q_bias"], parts["v_bias"])
-        elif all(f"{n}.bias" in parts for n in ("query", "key", "value")):
-            out[f"blocks.{layer}.attn.qkv.bias"] = torch.cat([parts[f"{n}.bias"] for n in ("query", "key", "value")])
-        elif not any("bias" in p for p in parts):
-            out[f"blocks.{layer}.attn.qkv.bias"] = torch.zeros(parts["query.weight"].shape[0] * 3,
-                                                              dtype=parts["query.weight"].dtype)
-            if layer == 0:
-                notes.append("the checkpoint's attention has no biases: loaded zero qkv biases")
-        else:
-            raise VidpruneError(f"layer {layer} of the checkpoint has an incomplete set of attention biases "
-                                f"({', '.join(sorted(p for p in parts if 'bias' in p))}).")
-    if attention:
-        notes.append(f"concatenated query/key/value into qkv in {len(attention)} layers")
-    out = _final_norm(out, "layernorm", notes)
-    return out, notes
-
-
-register_layout(CheckpointLayout(
-    "videomae", "vit", "VideoMAE / VideoMAEv2 official .pth (also vidprune's own checkpoints)",
-    _is_videomae, _convert_videomae))
-register_layout(CheckpointLayout(
-    "hf-videomae", "vit", "Hugging Face transformers VideoMAE (safetensors or bin)",
-    _is_hf_videomae, _convert_hf_videomae))
-
-
-# ------------------------------------------------------------------------------------------ CLIP
-
-_CLIP_POSITIONS = "visual.positional_embedding"
-# The text tower and the contrastive temperature of a full CLIP state dict (OpenAI, open_clip, ActionCLIP's
-# CLIP part), plus the three scalars OpenAI's TorchScript archive stores. vidprune keeps the image tower only.
-_CLIP_TEXT_TOWER = re.compile(r"^(token_embedding\.|positional_embedding$|transformer\.|ln_final\.|text_projection$|"
-                              r"logit_scale$|logit_bias$|text\.|attn_mask$|input_resolution$|context_length$|vocab_size$)")
-_HF_CLIP_TEXT_TOWER = re.compile(r"^(text_model\.|text_projection\.|logit_scale$|logit_bias$)")
-
-
-def _drop_text_tower(state: dict, pattern: re.Pattern, notes: list[str]) -> dict:
-    dropped = [k for k in state if pattern.match(k)]
-    if dropped:
-        notes.append(f"ignored {len(dropped)} text-tower tensors (vidprune uses CLIP's image tower only)")
-    return {k: v for k, v in state.items() if k not in dropped}
-
-
-def _is_openai_clip(state: dict) -> bool:
-    return any(re.match(r"^visual\.(conv1\.weight$|transformer\.resblocks\.\d+\.)", k) for k in state)
-
-
-def _convert_openai_clip(state: dict) -> tuple[dict, list[str]]:
-    from vidprune.backbones.clip import openai_to_vidprune
-
-    notes: list[str] = []
-    if any(k.startswith(("visual.layer1.", "visual.attnpool.")) for k in state):
-        raise VidpruneError("the checkpoint is a ResNet CLIP image tower (RN50 and similar); vidprune's clip "
-                            "backbones are ViTs: pass a ViT-B/32 or ViT-B/16 CLIP checkpoint.")
-    state = _drop_text_tower(dict(state), _CLIP_TEXT_TOWER, notes)
-    renamed = openai_to_vidprune(state)
-    if any(k.endswith("attn.in_proj_weight") for k in state):
-        notes.append("renamed nn.MultiheadAttention's in_proj_weight/in_proj_bias (q, k, v rows) to the qkv linear")
-    return renamed, notes
-
-
-_HF_CLIP_RENAMES = [
-    (r"^vision_model\.embeddings\.patch_embedding\.weight$", "visual.conv1.weight"),
-    (r"^vision_model\.embeddings\.class_embedding$", "visual.class_embedding"),
-    (r"^vision_model\.embeddings\.position_embedding\.weight$", _CLIP_POSITIONS),
-    # transformers spells it pre_layrnorm (kept for its own checkpoints); accept the corrected spelling too
-    (r"^vision_model\.pre_lay(?:e?r)norm\.", "visual.ln_pre."),
-    (r"^vision_model\.post_layernorm\.", "visual.ln_post."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"visual.transformer.resblocks.\1.attn.out_proj."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.layer_norm1\.", r"visual.transformer.resblocks.\1.ln_1."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.layer_norm2\.", r"visual.transformer.resblocks.\1.ln_2."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.mlp\.fc1\.", r"visual.transformer.resblocks.\1.mlp.c_fc."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.mlp\.fc2\.", r"visual.transformer.resblocks.\1.mlp.c_proj."),
-]
-
-
-def _is_hf_clip(state: dict) -> bool:
-    return any(re.match(r"^vision_model\.(embeddings\.patch_embedding\.|encoder\.layers\.\d+\.)", k) for k in state)
-
-
-def _convert_hf_clip(state: dict) -> tuple[dict, list[str]]:
-    notes: list[str] = []
-    state = _drop_text_tower(dict(state), _HF_CLIP_TEXT_TOWER, notes)
-    state.pop("vision_model.embeddings.position_ids", None)  # a buffer of 0..n-1, rebuilt by transformers
-    out: dict[str, torch.Tensor] = {}
-    attention: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        m = re.match(r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", key)
-        if m:
-            attention.setdefault(int(m.group(1)), {})[f"{m.group(2)}.{m.group(3)}"] = value
-            continue
-        if key == "visual_projection.weight":
-            # nn.Linear(width, embed_dim, bias=False) stores (embed_dim, width); CLIP's proj is x @ (width, embed_dim)
-            out["visual.proj"] = value.t().contiguous()
-            continue
-        for pattern, replacement in _HF_CLIP_RENAMES:
-            new, n = re.subn(pattern, replacement, key)
-            if n:
-                out[new] = value
-                break
-        else:
-            out[key] = value  # something unexpected, which the loader's check reports
-    if "visual.proj" not in out:
-        raise VidpruneError("the checkpoint has no visual_projection.weight (a bare CLIPVisionModel): vidprune's CLIP "
-                            "backbone ends in CLIP's projection to the joint embedding. Use CLIPModel or "
-                            "CLIPVisionModelWithProjection weights.")
-    for layer, parts in sorted(attention.items()):
-        for kind in ("weight", "bias"):
-            names = [f"{p}.{kind}" for p in "qkv"]
-            missing = [n for n in names if n not in parts]
-            if missing:
-                raise VidpruneError(f"layer {layer} of the checkpoint lacks self_attn.{missing[0].replace('.', '_proj.')}: "
-                                    "q, k and v projections come together.")
-            # OpenAI packs in_proj rows as [q; k; v], which is what our qkv linear splits
-            out[f"visual.transformer.resblocks.{layer}.attn.in_proj.{kind}"] = torch.cat([parts[n] for n in names])
-    if attention:
-        notes.append(f"concatenated q_proj/k_proj/v_proj into the qkv linear in {len(attention)} layers")
-    return out, notes
-
-
-def resize_clip_pos_table(table: torch.Tensor, side: int) -> torch.Tensor:
-    """CLIP's (1 + s*s, D) position table for a side x side patch grid: the class-token row as it is, the
-    patch rows as an s x s image resized bicubically with antialiasing (open_clip's resize_pos_embed)."""
-    n, d = table.shape
-    source = math.isqrt(n - 1) if n > 1 else 0
-    if source * source != n - 1:
-        raise VidpruneError(f"the checkpoint's CLIP position table has {n} rows, which is not a class token plus a "
-                            "square patch grid: it cannot be resized. Build the model at the checkpoint's --size.")
-    if source == side:
-        return table
-    grid = table[1:].float().reshape(1, source, source, d).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(side, side), mode="bicubic", antialias=True, align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(side * side, d).to(table.dtype)
-    return torch.cat([table[:1], grid])
-
-
-def _clip_config(meta: dict) -> dict:
-    """The vision part of a Hugging Face config.json (CLIPModel nests it under vision_config)."""
+def hf_config(meta: dict) -> dict:
+    """The image/video tower's part of a Hugging Face config.json kept in the checkpoint's metadata
+    (multi-modal models such as CLIPModel nest it under vision_config); {} without one."""
     config = meta.get("hf_config") or {}
     return config.get("vision_config") or config
 
 
-def _fit_clip(state: dict, model: nn.Module, meta: dict, notes: list[str], *, default_activation: Optional[str]) -> None:
-    table = state.get(_CLIP_POSITIONS)
-    ours = getattr(getattr(model, "visual", None), "positional_embedding", None)
-    if table is not None and ours is not None and table.dim() == 2 and table.shape != ours.shape \
-            and table.shape[1] == ours.shape[1]:
-        side = model.info.grid[1]
-        source = math.isqrt(table.shape[0] - 1)
-        state[_CLIP_POSITIONS] = resize_clip_pos_table(table, side)
-        notes.append(f"interpolated the CLIP position table from a {source}x{source} to a {side}x{side} patch grid "
-                     "(class token kept)")
-    if not hasattr(model, "set_activation"):
-        return
-    activation = meta.get("activation") or _clip_config(meta).get("hidden_act") or default_activation
-    if activation is None:
-        model.set_activation("quick_gelu")
-        notes.append("the checkpoint does not record its MLP activation: QuickGELU assumed (OpenAI CLIP, open_clip's "
-                     "'openai' and *-quickgelu weights); open_clip weights trained with GELU would give wrong features")
-        return
-    model.set_activation(str(activation))
-    if activation != "quick_gelu":
-        notes.append(f"the checkpoint's image tower uses {activation} instead of OpenAI's QuickGELU: the model follows it")
-
-
-register_layout(CheckpointLayout(
-    "openai-clip", "clip", "OpenAI CLIP / open_clip ViT state dicts (also ActionCLIP's and vidprune's own clip checkpoints)",
-    _is_openai_clip, _convert_openai_clip,
-    fit=lambda state, model, meta, notes: _fit_clip(state, model, meta, notes, default_activation=None),
-    geometry_keys=(_CLIP_POSITIONS,)))
-register_layout(CheckpointLayout(
-    "hf-clip", "clip", "Hugging Face transformers CLIPModel / CLIPVisionModelWithProjection (safetensors or bin)",
-    _is_hf_clip, _convert_hf_clip,
-    # transformers' CLIPVisionConfig defaults hidden_act to quick_gelu and config.json omits defaults
-    fit=lambda state, model, meta, notes: _fit_clip(state, model, meta, notes, default_activation="quick_gelu"),
-    geometry_keys=(_CLIP_POSITIONS,)))
-
-
-# ------------------------------------------------------------------------------------ position tables
-
-
-def resize_pos_table(table: torch.Tensor, source_grid: tuple[int, int, int],
-                     target_grid: tuple[int, int, int]) -> torch.Tensor:
-    """Learned (1, T*H*W, D) table from one token grid to another: bicubic in space per time slice, then
-    linear in time (align_corners=False), the spatial step being what VideoMAE's fine-tuning script does."""
-    t, h, w = source_grid
-    nt, nh, nw = target_grid
-    d = table.shape[-1]
-    if table.shape[-2] != t * h * w:
-        raise ValueError(f"table of {table.shape[-2]} positions is not a {t}x{h}x{w} grid")
-    if (t, h, w) == (nt, nh, nw):
-        return table
-    x = table.reshape(t, h, w, d).permute(0, 3, 1, 2).float()  # (T, D, H, W)
-    if (h, w) != (nh, nw):
-        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False)
-    if t != nt:
-        x = x.permute(2, 3, 1, 0).reshape(nh * nw, d, t)  # (HW, D, T)
-        x = F.interpolate(x, size=nt, mode="linear", align_corners=False)
-        x = x.reshape(nh, nw, d, nt).permute(3, 2, 0, 1)
-    return x.permute(0, 2, 3, 1).reshape(1, nt * nh * nw, d).to(table.dtype)
-
-
-def _source_grid(n: int, target: tuple[int, int, int], meta: dict) -> tuple[int, int, int]:
-    """The checkpoint's token grid: from its metadata when known, else the same number of time slices as
-    the model with a square spatial grid (VideoMAE's assumption), else the model's spatial grid."""
-    grid = meta.get("grid")
+def checkpoint_geometry(raw: RawCheckpoint) -> tuple[Optional[int], Optional[int]]:
+    """(frames, size) the checkpoint records: vidprune's metadata, else a Hugging Face config.json; None
+    for what neither says."""
+    meta = raw.meta
     config = meta.get("hf_config") or {}
-    if not grid and all(k in config for k in ("num_frames", "image_size", "tubelet_size", "patch_size")):
-        side = int(config["image_size"]) // int(config["patch_size"])
-        grid = (int(config["num_frames"]) // int(config["tubelet_size"]), side, side)
-    if grid and math.prod(grid) == n:
-        return tuple(int(g) for g in grid)
-    t, h, w = target
-    side = math.isqrt(n // t) if n % t == 0 else 0
-    if side and side * side * t == n:
-        return (t, side, side)
-    if n % (h * w) == 0:
-        return (n // (h * w), h, w)
-    raise VidpruneError(f"cannot tell the token grid of the checkpoint's {n}-entry position table "
-                        f"(the model's grid is {t}x{h}x{w}): build the model with the checkpoint's frames or "
-                        "size, or keep its config.json beside it.")
-
-
-def _load_pos_table(model: nn.Module, table: torch.Tensor, meta: dict, notes: list[str]) -> None:
-    from vidprune.backbones.vit import sinusoid_table
-
-    table = table.detach().float()
-    if table.dim() == 2:
-        table = table.unsqueeze(0)
-    n, d = table.shape[-2:]
-    if torch.allclose(table, sinusoid_table(n, d), atol=1e-4):
-        notes.append("the checkpoint's position table is the fixed sinusoid: the model's own table for its grid is used")
-        return
-    target = model.info.grid
-    source = _source_grid(n, target, meta)
-    resized = resize_pos_table(table, source, target)
-    if source != tuple(target):
-        notes.append(f"interpolated the learned position table from a {'x'.join(map(str, source))} to a "
-                     f"{'x'.join(map(str, target))} token grid")
-    else:
-        notes.append("loaded the checkpoint's learned position table")
-    model.pos_embed.data = resized.to(model.pos_embed.device, model.pos_embed.dtype)
+    vision = config.get("vision_config") or {}
+    frames = meta.get("frames", config.get("num_frames"))
+    size = meta.get("size", config.get("image_size", vision.get("image_size")))
+    return (int(frames) if frames is not None else None, int(size) if size is not None else None)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -557,8 +270,9 @@ def _names(keys, limit: int = _SHOWN) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def checkpoint_classes(state: dict, family: str = "vit") -> Optional[int]:
-    """Number of classes of the checkpoint's classifier, or None when it has none."""
+def checkpoint_classes(state: dict, family: Optional[str] = None) -> Optional[int]:
+    """Number of classes of the checkpoint's classifier, or None when it has none (`family`: where to look
+    for its layout; None: every family's layouts)."""
     converted, _ = detect_layout(state, family).convert(state)
     weight = converted.get("head.weight")
     return int(weight.shape[0]) if weight is not None else None
@@ -581,9 +295,8 @@ def load_checkpoint(model: nn.Module, source: str | Path | dict | RawCheckpoint,
     notes = list(notes)
     if layout.fit is not None:
         layout.fit(state, model, raw.meta, notes)
-    table = state.pop("pos_embed", None)
-    if raw.meta.get("hf_config"):
-        _check_hf_config(model, raw.meta["hf_config"])
+    outside = {key: state.pop(key) for key in layout.outside_keys if key in state}
+    _check_hf_config(model, hf_config(raw.meta))
 
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("method.")}
     method_keys = {k for k in state if k.startswith("method.")}
@@ -646,19 +359,32 @@ def load_checkpoint(model: nn.Module, source: str | Path | dict | RawCheckpoint,
         name = getattr(model, "backbone_name", type(model).__name__)
         raise VidpruneError(
             f"checkpoint {raw.path or '(in memory)'} ({layout.name} layout) does not fit backbone '{name}': "
-            + "; ".join(parts) + ". Pick the backbone the checkpoint was trained as (e.g. --backbone "
-            + {"clip": "clip-b16"}.get(family, "vit-b") + ")."
+            + "; ".join(parts) + ". " + _backbone_hint(raw, family, name)
         )
     with torch.no_grad():
         model.load_state_dict(state, strict=False)
-        if table is not None:
-            _load_pos_table(model, table, raw.meta, notes)
+        if outside and layout.load_outside is not None:
+            layout.load_outside(model, outside, raw.meta, notes)
     if method_expected and not (method_keys & method_expected):
         notes.append("the checkpoint has no weights for the method's own parameters: they keep their initialisation")
     classes = int(state["head.weight"].shape[0]) if "head.weight" in state else None
     classifier = {k for k in expected if k.startswith("head.")}
     head_loaded = bool(classifier) and classifier <= set(state)
     return LoadReport(layout.name, raw.path, len(state), notes, head_loaded, classes)
+
+
+def _backbone_hint(raw: RawCheckpoint, family: str, model_backbone: str) -> str:
+    """Which backbone to pass instead: the one the checkpoint records or its tensors show, else the family's
+    usual one."""
+    try:
+        trained_as = raw.meta.get("backbone") or infer_backbone(raw.state, family)
+    except VidpruneError:
+        trained_as = None
+    if trained_as and trained_as != model_backbone:
+        return f"Its tensors are those of '{trained_as}': pass --backbone {trained_as}."
+    example = registry.get_family(family).example_backbone
+    return ("Pick the backbone the checkpoint was trained as" + (f" (e.g. --backbone {example})." if example
+                                                               else " (see `vidprune list`)."))
 
 
 def method_state(source: str | Path | dict | RawCheckpoint, trust: bool = False) -> dict[str, torch.Tensor]:
@@ -680,8 +406,8 @@ def restore_method_state(raw: RawCheckpoint, method: nn.Module) -> bool:
 
 
 def _check_hf_config(model: nn.Module, config: dict) -> None:
-    """Head count and patch geometry are not visible in the weights: check them against config.json."""
-    config = config.get("vision_config") or config  # CLIPModel nests the image tower's settings
+    """Head count and patch geometry are not visible in the weights: check them against config.json (the
+    tower's part, `hf_config`)."""
     info = model.info
     checks = [("num_attention_heads", info.heads, "heads"), ("tubelet_size", info.tubelet, "tubelet"),
               ("patch_size", info.patch, "patch size")]
@@ -691,17 +417,28 @@ def _check_hf_config(model: nn.Module, config: dict) -> None:
                                 f"{what}: pick a backbone with the same {what}.")
 
 
-def infer_backbone(state: dict, family: str = "vit") -> Optional[str]:
-    """The registered backbone of `family` whose tensors have the checkpoint's shapes (built on the meta
-    device, so trying vit-l costs nothing), or None."""
-    from vidprune import registry
+def infer_backbone(state: dict, family: Optional[str] = None) -> Optional[str]:
+    """The registered backbone whose tensors have the checkpoint's shapes (built on the meta device, so
+    trying vit-l costs nothing), or None. `family`: only its backbones (its layouts must recognise `state`);
+    None: those of every family with a layout that recognises `state`."""
+    if family is not None:
+        candidates = [detect_layout(state, family)]
+    else:
+        candidates = [found for name in _registered() for found in [_first_match(state, name)] if found is not None]
+    for layout in candidates:
+        found = _backbone_with_shapes(state, layout)
+        if found:
+            return found
+    return None
 
-    layout = detect_layout(state, family)
+
+def _backbone_with_shapes(state: dict, layout: CheckpointLayout) -> Optional[str]:
     converted, _ = layout.convert(state)
     for key in layout.geometry_keys:
         converted.pop(key, None)
+    theirs = {k: v.shape for k, v in converted.items() if not k.startswith(("head.", "method."))}
     for name, spec in registry.backbones().items():
-        if spec.family != family:
+        if spec.family != layout.family:
             continue
         try:
             with torch.device("meta"):
@@ -710,7 +447,6 @@ def infer_backbone(state: dict, family: str = "vit") -> Optional[str]:
             continue
         ours = {k: v.shape for k, v in candidate.state_dict().items()
                 if not k.startswith(("head.", "method.")) and k not in layout.geometry_keys}
-        theirs = {k: v.shape for k, v in converted.items() if not k.startswith(("head.", "method."))}
         if ours == theirs:
             return name
     return None

@@ -1,8 +1,9 @@
-"""Registries of backbones and methods, and `create_model`, the one way to build a measured model.
+"""Registries of backbone families, backbones and methods: declarations only (`vidprune.models` builds).
 
 Adding a method is one new file in `vidprune/methods/` whose class carries the `@register_method`
-decorator; adding a backbone family is one new file in `vidprune/backbones/` calling
-`register_backbone`. Both packages are imported on first use, so nothing else needs editing.
+decorator; adding a backbone family is one new file in `vidprune/backbones/` calling `register_family`
+and `register_backbone` (and, for its pretrained weights, a `<family>_weights.py` beside it registering
+checkpoint layouts). Both packages are imported on first use, so nothing else needs editing.
 """
 
 from __future__ import annotations
@@ -210,6 +211,18 @@ class Option:
         return out
 
 
+@dataclass(frozen=True)
+class BackboneFamily:
+    """What every backbone of a family shares, declared once beside the family (`register_family`)."""
+
+    name: str
+    # The input statistics its checkpoints were trained with: a name in vidprune.data.transforms.NORMALIZATIONS,
+    # what `--norm auto` means for this family.
+    normalization: str = "imagenet"
+    # The backbone an error suggests when a checkpoint fits none of the family's ("--backbone vit-b").
+    example_backbone: str = ""
+
+
 @dataclass
 class BackboneSpec:
     name: str
@@ -221,9 +234,17 @@ class BackboneSpec:
     tiny: bool = False
 
 
+_FAMILIES: dict[str, BackboneFamily] = {}
 _BACKBONES: dict[str, BackboneSpec] = {}
 _METHODS: dict[str, type] = {}
 _loaded = False
+
+
+def register_family(name: str, *, normalization: str = "imagenet", example_backbone: str = "") -> None:
+    """Declare a backbone family (see `BackboneFamily`); a family left undeclared gets the defaults."""
+    if name in _FAMILIES:
+        raise ValueError(f"backbone family {name!r} registered twice")
+    _FAMILIES[name] = BackboneFamily(name, normalization, example_backbone)
 
 
 def register_backbone(name: str, family: str, build: Callable[..., nn.Module], description: str, *,
@@ -255,6 +276,17 @@ def _load_all() -> None:
         for info in pkgutil.iter_modules(pkg.__path__):
             if not info.name.startswith("_"):
                 importlib.import_module(f"{package}.{info.name}")
+
+
+def families() -> dict[str, BackboneFamily]:
+    """Every declared backbone family (loading the backbone modules, and with them their checkpoint layouts)."""
+    _load_all()
+    return dict(_FAMILIES)
+
+
+def get_family(name: str) -> BackboneFamily:
+    """The declaration of family `name`, or the defaults for a family that declares nothing."""
+    return families().get(name) or BackboneFamily(name)
 
 
 def backbones() -> dict[str, BackboneSpec]:

@@ -38,6 +38,8 @@ class VideoBackbone(nn.Module):
     statistics, e.g. frames kept)."""
 
     info: BackboneInfo
+    # The vidprune.checkpoints.LoadReport of the weights `models.create_model(checkpoint=...)` loaded.
+    checkpoint_report = None
 
     def __init__(self):
         super().__init__()
@@ -47,6 +49,11 @@ class VideoBackbone(nn.Module):
 
     def set_method(self, method: nn.Module) -> None:
         self.method = method
+
+    @property
+    def classes(self) -> int:
+        """Classes the classifier (`head`) predicts."""
+        return self.head.out_features
 
     def input_shape(self, batch: int = 1) -> tuple[int, ...]:
         """(B, C, T, H, W) of one RGB clip batch."""

@@ -13,8 +13,8 @@ Module names follow OpenAI CLIP (`visual.conv1`, `visual.class_embedding`, `visu
 `fusion_model.transformer.resblocks.N`). The one difference is the attention input projection: CLIP keeps
 it as the raw parameters `attn.in_proj_weight` / `attn.in_proj_bias` of `nn.MultiheadAttention`; here it
 is one qkv `nn.Linear` named `attn.in_proj` (the fused `nn.MultiheadAttention` fast path is invisible to
-FLOP counters). `openai_to_vidprune` renames a CLIP/ActionCLIP state dict accordingly; `vidprune/checkpoints.py`
-loads OpenAI, open_clip and Hugging Face CLIP files with it (text tower ignored, position table resized).
+FLOP counters). `clip_weights.py` beside this file loads OpenAI, open_clip and Hugging Face CLIP files into
+these names (`openai_to_vidprune`; text tower ignored, position table resized).
 
 Frame methods (SLLM) decide which frames reach the image encoder and what the head sees instead of the
 others, through the frame hooks of `TokenMethod` (defaults: every frame, features as they are):
@@ -45,7 +45,7 @@ from vidprune.backbones.base import BackboneInfo, VideoBackbone
 from vidprune.backbones.blocks import AttentionTap, MultiHeadAttention, run_blocks
 from vidprune.backbones.vit import check_input, check_input_geometry
 from vidprune.errors import VidpruneError
-from vidprune.registry import register_backbone
+from vidprune.registry import register_backbone, register_family
 from vidprune.tokens import TokenState
 
 # ActionCLIP sizes its frame-position table by CLIP's text context length.
@@ -185,7 +185,7 @@ class CLIPVideo(VideoBackbone):
 
     family = "clip"
     # What a pre-trained CLIP image tower does not contain, so that `vidprune train --checkpoint` starts
-    # them from their initialisation (vidprune/checkpoints.py): the classifier and ActionCLIP's fusion head.
+    # them from their initialisation (vidprune.checkpoints.load_checkpoint): the classifier and ActionCLIP's fusion head.
     checkpoint_head_prefixes = ("head.", "fusion_model.")
 
     def __init__(self, width: int, layers: int, heads: int, patch: int, embed_dim: int = 512,
@@ -299,19 +299,6 @@ class CLIPTextEncoder(nn.Module):
         return x[torch.arange(x.shape[0], device=x.device), end] @ self.text_projection
 
 
-def openai_to_vidprune(state_dict: dict) -> dict:
-    """Rename an OpenAI CLIP / ActionCLIP state dict's `attn.in_proj_weight`/`in_proj_bias` to the qkv
-    linear used here (`attn.in_proj.weight`/`.bias`); every other key already matches."""
-    renamed = {}
-    for key, value in state_dict.items():
-        if key.endswith("attn.in_proj_weight"):
-            key = key[: -len("in_proj_weight")] + "in_proj.weight"
-        elif key.endswith("attn.in_proj_bias"):
-            key = key[: -len("in_proj_bias")] + "in_proj.bias"
-        renamed[key] = value
-    return renamed
-
-
 def _builder(width: int, layers: int, heads: int, patch: int, **fixed):
     def build(frames: int = 8, size: int = 224, classes: int = 400, attention: str = "sdpa", **kwargs) -> CLIPVideo:
         return CLIPVideo(width, layers, heads, patch, frames=frames, size=size, classes=classes,
@@ -320,6 +307,8 @@ def _builder(width: int, layers: int, heads: int, patch: int, **fixed):
     return build
 
 
+# CLIP's own image statistics (OpenAI's preprocessing). Its checkpoint layouts are in clip_weights.py.
+register_family("clip", normalization="clip", example_backbone="clip-b16")
 register_backbone("clip-b32", "clip", _builder(768, 12, 12, 32),
                   "CLIP ViT-B/32 per frame (50 tokens, 768 wide, 12 blocks, 512-d) + mean pooling (ActionCLIP meanP)",
                   frames=8, size=224)

@@ -30,7 +30,7 @@ from torch import nn
 from vidprune.backbones.base import BackboneInfo, VideoBackbone
 from vidprune.backbones.blocks import Attention, AttentionTap, Mlp, run_blocks
 from vidprune.backbones.vit import check_input, check_input_geometry
-from vidprune.registry import register_backbone
+from vidprune.registry import register_backbone, register_family
 from vidprune.tokens import TokenState
 
 
@@ -181,6 +181,7 @@ def _builder(dim: int, depth: int, heads: int):
     return build
 
 
+register_family("timesformer", normalization="imagenet", example_backbone="timesformer-b")
 register_backbone("timesformer-b", "timesformer", _builder(768, 12, 12),
                   "TimeSformer-B, divided space-time attention, per-frame 16x16 patches, CLS (8x224)",
                   frames=8, size=224)

@@ -13,7 +13,7 @@ from torch import nn
 from vidprune.backbones.base import BackboneInfo, VideoBackbone
 from vidprune.backbones.blocks import Block, run_blocks
 from vidprune.errors import VidpruneError
-from vidprune.registry import register_backbone
+from vidprune.registry import register_backbone, register_family
 from vidprune.tokens import TokenState
 
 
@@ -121,6 +121,8 @@ def _builder(dim: int, depth: int, heads: int, **fixed):
     return build
 
 
+# VideoMAE normalises with ImageNet's statistics. Its checkpoint layouts are in vit_weights.py.
+register_family("vit", normalization="imagenet", example_backbone="vit-b")
 register_backbone("vit-s", "vit", _builder(384, 12, 6), "VideoMAE ViT-S: 384 dim, 12 blocks, 6 heads, tubelet 2x16x16",
                   frames=16, size=224)
 register_backbone("vit-b", "vit", _builder(768, 12, 12), "VideoMAE ViT-B: 768 dim, 12 blocks, 12 heads, tubelet 2x16x16",

@@ -48,7 +48,7 @@ from vidprune.backbones.base import BackboneInfo, VideoBackbone
 from vidprune.backbones.blocks import Block, run_blocks
 from vidprune.backbones.vit import check_input_geometry
 from vidprune.errors import VidpruneError
-from vidprune.registry import register_backbone
+from vidprune.registry import register_backbone, register_family
 from vidprune.tokens import TokenState
 
 MODALITIES = ("rgb", "depth", "skeleton")
@@ -321,6 +321,7 @@ def _builder(modalities: str, **fixed):
     return build
 
 
+register_family("vivit", normalization="imagenet", example_backbone="vivit-b")
 for _key, _cfg in SIZES.items():
     _layout = f"{_cfg['dim']} dim, {_cfg['spatial_depth']}+{_cfg['temporal_depth']} blocks, {_cfg['heads']} heads"
     register_backbone(f"vivit-{_key}", "vivit", _builder("rgb,depth,skeleton", **_cfg),

@@ -40,8 +40,6 @@ def export(
     onnxruntime on two different inputs: the first step towards a TensorRT engine (docs/export.md)."""
     from vidprune import registry
     from vidprune import models
-    from vidprune.accuracy import resolve_checkpoint
-    from vidprune.checkpoints import load_checkpoint, restore_method_state
     from vidprune.export import export_blocker, export_onnx, require_export_packages
 
     method_cls = registry.get_method(method)
@@ -53,19 +51,18 @@ def export(
                              "builds one model: pass one, e.g. --set {name}={first}.")
     # before any model is built: a missing package should not cost a checkpoint load
     require_export_packages(check=not no_check, exporter=exporter)
-    raw, backbone, frames, size, classes = resolve_checkpoint(checkpoint, trust_checkpoint, method_cls, backbone,
-                                                              frames, size, classes, default_classes=400)
-    model = models.create_model(backbone, method, keep, frames=frames, size=size, classes=classes,
-                                  options=options, seed=seed)
+    # the weights, and a scorer trained with the method, come with the model
+    model = models.create_model(backbone, method, keep, frames=frames, size=size, classes=classes, options=options,
+                                seed=seed, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint)
     blocker = export_blocker(model)
-    if blocker:  # before loading weights: nothing to wait for
+    if blocker:
         raise VidpruneError(f"method '{method}' cannot be exported to ONNX: {blocker}")
-    if raw is not None:
-        loaded = load_checkpoint(model, raw)
+    backbone, classes = model.backbone_name, model.classes
+    if model.checkpoint_report is not None:
+        loaded = model.checkpoint_report
         console.print(f"{escape(str(checkpoint))}: {escape(loaded.summary())}")
         for note in loaded.notes:
             console.print(f"  note: {escape(note)}")
-        restore_method_state(raw, model.method)  # a scorer trained with the method
     else:
         warn("no --checkpoint: random weights (fine for timing a TensorRT engine, not for predictions)")
 

@@ -1,7 +1,8 @@
 """Clip transforms in plain torch ops: short-side resize, centre / multi / random crop, normalisation.
 
 Frames arrive as uint8 (T, H, W, 3); a transformed view leaves as float (3, T, size, size), the layout
-the backbones take. Statistics follow the backbone family (VideoMAE: ImageNet; CLIP: CLIP's own).
+the backbones take. Statistics are named here (`NORMALIZATIONS`); which ones a backbone family's checkpoints
+were trained with the family declares beside itself (`registry.register_family(..., normalization=...)`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vidprune import registry
 from vidprune.errors import VidpruneError
 
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -21,24 +23,18 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "kinetics": ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225)),
 }
 
-# Which statistics a family's checkpoints were trained with; families not listed get ImageNet's.
-_FAMILY_NORMALIZATION: dict[str, str] = {"vit": "imagenet", "clip": "clip"}
 
-
-def register_normalization(family: str, name: str, mean: Optional[Sequence[float]] = None,
-                           std: Optional[Sequence[float]] = None) -> None:
-    """Declare the statistics of a backbone family (new statistics need `mean` and `std`)."""
-    if mean is not None or std is not None:
-        if mean is None or std is None or len(mean) != 3 or len(std) != 3:
-            raise ValueError("a new normalisation needs 3 means and 3 standard deviations")
-        NORMALIZATIONS[name] = (tuple(map(float, mean)), tuple(map(float, std)))
-    if name not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalisation {name!r}")
-    _FAMILY_NORMALIZATION[family] = name
+def add_normalization(name: str, mean: Sequence[float], std: Sequence[float]) -> None:
+    """Add named statistics (3 means, 3 standard deviations) that `--norm` and a backbone family's
+    `registry.register_family(..., normalization=name)` can then name."""
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError("a normalisation needs 3 means and 3 standard deviations")
+    NORMALIZATIONS[name] = (tuple(map(float, mean)), tuple(map(float, std)))
 
 
 def normalization_for(family: str) -> str:
-    return _FAMILY_NORMALIZATION.get(family, "imagenet")
+    """The statistics backbone family `family` declares (`registry.register_family`)."""
+    return registry.get_family(family).normalization
 
 
 def resolve_normalization(name: str, family: str) -> str:
@@ -143,5 +139,5 @@ class ClipTransform:
         else:
             video = resize_short_side(video, self.short_side)
             h, w = video.shape[-2:]
-            views = [crop(video, t, l, self.size) for t, l in crop_positions(h, w, self.size, self.num_crops)]
+            views = [crop(video, top, left, self.size) for top, left in crop_positions(h, w, self.size, self.num_crops)]
         return torch.stack([v.permute(1, 0, 2, 3) for v in views])  # (V, 3, T, size, size)
