@@ -116,7 +116,7 @@ def test_version_prints_package_version():
 def test_help_lists_every_command_in_order():
     text = ok(invoke("--help"))
     listed = [line.split()[0] for line in text.split("Commands:", 1)[1].splitlines() if line.strip()]
-    assert listed == ["sweep", "profile", "plot", "table", "list", "eval", "train", "export", "data"]
+    assert listed == ["sweep", "profile", "plot", "table", "report", "list", "eval", "train", "export", "data"]
 
 
 def test_cli_import_leaves_torch_unloaded():
