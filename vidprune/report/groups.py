@@ -225,7 +225,8 @@ def axes_left_out(group: ConfigGroup, axes: Sequence[str]) -> pd.DataFrame:
                         columns=LEFT_OUT_COLUMNS)
 
 
-def _normalised(df: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
+def normalised_columns(df: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
+    """Each row's values of `columns`, normalised (one spelling per setting), as one tuple per row."""
     values = []
     for column in columns:
         if column not in df.columns:
@@ -259,9 +260,9 @@ def group_rows(df: pd.DataFrame, axes: Sequence[str] = ()) -> Grouping:
     references = df[status == "reference"]
 
     members: dict[tuple, list] = {}
-    for i, key in zip(measured.index, _normalised(measured, GROUP_COLUMNS)):
+    for i, key in zip(measured.index, normalised_columns(measured, GROUP_COLUMNS)):
         members.setdefault(key, []).append(i)
-    ref_keys = list(zip(references.index, _normalised(references, REFERENCE_MATCH_COLUMNS)))
+    ref_keys = list(zip(references.index, normalised_columns(references, REFERENCE_MATCH_COLUMNS)))
 
     matched: set = set()
     groups, left_out = [], []
@@ -281,7 +282,7 @@ def group_rows(df: pd.DataFrame, axes: Sequence[str] = ()) -> Grouping:
 
     unmatched = references.loc[[i for i, _ in ref_keys if i not in matched]]
     reasons = []
-    for key in _normalised(unmatched, REFERENCE_MATCH_COLUMNS):
+    for key in normalised_columns(unmatched, REFERENCE_MATCH_COLUMNS):
         what = " ".join(f"{c} {v}" for c, v in zip(REFERENCE_MATCH_COLUMNS, key) if v is not None)
         reasons.append(f"a paper reference ({what or 'no backbone'}) with no measured configuration to compare with")
     left_out += _left_out(unmatched, None, ["report"] * len(unmatched), reasons)
