@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 
 from vidprune.errors import VidpruneError  # noqa: E402
 from vidprune.report.groups import (  # noqa: E402
-    LEFT_OUT_COLUMNS, ConfigGroup, axes_left_out, group_rows, is_missing, status_of,
+    LEFT_OUT_COLUMNS, ConfigGroup, axes_left_out, group_rows, is_missing, left_out_records, status_of,
 )
 from vidprune.report.pareto import pareto_mask  # noqa: E402
 from vidprune.results import COST_COLUMNS, QUALITY_COLUMNS, REFERENCE_METHOD  # noqa: E402
@@ -200,14 +200,9 @@ def plot_tradeoff(df: pd.DataFrame, x: str = "gflops", y: str | None = None,
             drawable.append(group)
             left_out.append(axes_left_out(group, [x, y]))
         elif not group.plotted.empty:  # the whole configuration: one reason, not one per row
-            plotted = group.plotted
             reason = f"no measured row of this configuration has a value of {' or '.join(missing)}"
-            left_out.append(pd.DataFrame(
-                [{"row": i, "group": group.label, "group_id": group.slug, "method": method, "knob": None, "keep": keep,
-                  "status": st, "result_file": None, "left_out_of": "plots", "reason": reason}
-                 for i, method, keep, st in zip(plotted.index, _methods(plotted), _numeric(plotted, "keep"),
-                                                status_of(plotted))],
-                columns=LEFT_OUT_COLUMNS))
+            records = left_out_records(group.plotted, group, ["plots"] * len(group.plotted), [reason] * len(group.plotted))
+            left_out.append(pd.DataFrame(records, columns=LEFT_OUT_COLUMNS))
     colours = _method_colours(_methods(df))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
