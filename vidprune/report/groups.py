@@ -170,8 +170,8 @@ def _text_column(df: pd.DataFrame, column: str) -> list[str]:
     return ["" if is_missing(v) else str(v).strip() for v in df[column]]
 
 
-def _left_out(df: pd.DataFrame, group: ConfigGroup | None, left_out_of: Sequence[str],
-              reasons: Sequence[str]) -> list[dict]:
+def left_out_records(df: pd.DataFrame, group: ConfigGroup | None, left_out_of: Sequence[str],
+                     reasons: Sequence[str]) -> list[dict]:
     """One record per row of `df`, with what it is left out of and why."""
     keep = numeric(df, "keep")
     label, slug = (group.label, group.slug) if group is not None else ("", "")
@@ -221,11 +221,12 @@ def axes_left_out(group: ConfigGroup, axes: Sequence[str]) -> pd.DataFrame:
                 positions.append(pos)
                 left_out_of.append(f"{_join(columns)} {'axes' if len(columns) > 1 else 'axis'}")
                 reasons.append(reason)
-    return pd.DataFrame(_left_out(plotted.iloc[positions], group, left_out_of, reasons),
+    return pd.DataFrame(left_out_records(plotted.iloc[positions], group, left_out_of, reasons),
                         columns=LEFT_OUT_COLUMNS)
 
 
-def _normalised(df: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
+def normalised_columns(df: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
+    """Each row's values of `columns`, normalised (one spelling per setting), as one tuple per row."""
     values = []
     for column in columns:
         if column not in df.columns:
@@ -259,9 +260,9 @@ def group_rows(df: pd.DataFrame, axes: Sequence[str] = ()) -> Grouping:
     references = df[status == "reference"]
 
     members: dict[tuple, list] = {}
-    for i, key in zip(measured.index, _normalised(measured, GROUP_COLUMNS)):
+    for i, key in zip(measured.index, normalised_columns(measured, GROUP_COLUMNS)):
         members.setdefault(key, []).append(i)
-    ref_keys = list(zip(references.index, _normalised(references, REFERENCE_MATCH_COLUMNS)))
+    ref_keys = list(zip(references.index, normalised_columns(references, REFERENCE_MATCH_COLUMNS)))
 
     matched: set = set()
     groups, left_out = [], []
@@ -274,15 +275,15 @@ def group_rows(df: pd.DataFrame, axes: Sequence[str] = ()) -> Grouping:
                             rows=df.loc[members[key]], references=df.loc[refs])
         groups.append(group)
         failed = group.failed
-        left_out += _left_out(failed, group, ["plots"] * len(failed), _failure_reasons(failed))
+        left_out += left_out_records(failed, group, ["plots"] * len(failed), _failure_reasons(failed))
         present = [c for c in axes if group.has_values(c)]
         if present:
             left_out += axes_left_out(group, present).to_dict("records")
 
     unmatched = references.loc[[i for i, _ in ref_keys if i not in matched]]
     reasons = []
-    for key in _normalised(unmatched, REFERENCE_MATCH_COLUMNS):
+    for key in normalised_columns(unmatched, REFERENCE_MATCH_COLUMNS):
         what = " ".join(f"{c} {v}" for c, v in zip(REFERENCE_MATCH_COLUMNS, key) if v is not None)
         reasons.append(f"a paper reference ({what or 'no backbone'}) with no measured configuration to compare with")
-    left_out += _left_out(unmatched, None, ["report"] * len(unmatched), reasons)
+    left_out += left_out_records(unmatched, None, ["report"] * len(unmatched), reasons)
     return Grouping(groups=groups, left_out=pd.DataFrame(left_out, columns=LEFT_OUT_COLUMNS))

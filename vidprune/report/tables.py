@@ -1,13 +1,20 @@
-"""Compact summary tables of result rows, rendered for the terminal (rich), Markdown or LaTeX."""
+"""Compact summary tables of result rows, rendered for the terminal (rich, fitted to its width), Markdown or LaTeX."""
 
 from __future__ import annotations
 
 import math
+from typing import Collection, Sequence
 
 import numpy as np
 import pandas as pd
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
+from vidprune.report.noise import MARK as NOISY_MARK
 from vidprune.results import REFERENCE_METHOD
 
 _STATUS_ORDER = {"ok": 0, "reference": 1}
@@ -115,14 +122,132 @@ def _rows(df_summary: pd.DataFrame) -> list[list[str]]:
     return [[cell_text(v) for v in row] for row in df_summary.itertuples(index=False)]
 
 
-def render_rich(df_summary: pd.DataFrame, title: str = "vidprune results") -> Table:
-    """A rich Table of a summary_table() frame, for printing with rich.console.Console().print(...)."""
-    table = Table(title=title, header_style="bold")
-    for col in df_summary.columns:
-        table.add_column(str(col), justify="left" if col in _TEXT_COLUMNS else "right", no_wrap=True)
-    for row in _rows(df_summary):
-        table.add_row(*row)
-    return table
+# What a reader needs on every row, in any terminal: which point it is and what it cost. The other columns
+# follow in this order of preference while there is room, then in a second table, then only in the file.
+IDENTITY_COLUMNS = ("method", "backbone", "input", "keep")
+HEADLINE_COLUMNS = ("gflops", "gflops_change", "latency_ms", "status")
+SECONDARY_PRIORITY = ("accuracy", "top5", "map", "agreement", "cosine", "speedup_latency", "throughput",
+                      "peak_mem_mib", "params_m", "power_w", "energy_j_per_clip")
+# Identity columns that may move into the title when they hold one value and the terminal is narrow.
+_HOISTABLE = ("backbone",)
+# From the widest to the most compact: Rich's default box (how the table always looked), then no outer
+# edge with two spaces between columns, then one space.
+_STYLES = (
+    {},
+    {"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False, "collapse_padding": True},
+    {"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False, "padding": (0, 0)},
+)
+
+
+class SummaryTables:
+    """A summary_table() frame laid out for the width it is printed at (a Rich renderable).
+
+    When every column fits, this is the one table it always was. When it does not, the identity columns
+    (method, backbone, input, keep) and the headline figures (GFLOPs, change, latency, status) come first,
+    in a more compact style if needed (and a backbone shared by every row in the title); the other
+    columns follow by priority while they fit, then in a second table under the same identity columns,
+    and what still does not fit is named on a line (it is in the result file). No cell is ever cut.
+    """
+
+    def __init__(self, df_summary: pd.DataFrame, title: str = "vidprune results", noisy_rows: Collection = ()):
+        self.title = title
+        self.columns = [str(c) for c in df_summary.columns]
+        self.cells = _rows(df_summary)
+        if noisy_rows and "latency_ms" in self.columns:
+            at = self.columns.index("latency_ms")
+            for row, label in zip(self.cells, df_summary.index):
+                if label in noisy_rows and row[at]:
+                    row[at] = f"{row[at]} {NOISY_MARK}"
+        self.widths = {c: max([cell_len(c)] + [cell_len(row[i]) for row in self.cells])
+                       for i, c in enumerate(self.columns)}
+
+    @property
+    def row_count(self) -> int:
+        return len(self.cells)
+
+    def _table(self, columns: Sequence[str], style: int, title: str, wrap: Collection[str] = ()) -> Table:
+        """A table of `columns`; those in `wrap` may break their cells over lines (folding long words)."""
+        table = Table(title=title, header_style="bold", **_STYLES[style])
+        for col in columns:
+            table.add_column(col, justify="left" if col in _TEXT_COLUMNS else "right", no_wrap=col not in wrap,
+                             overflow="fold" if col in wrap else "ellipsis")
+        at = [self.columns.index(c) for c in columns]
+        for row in self.cells:
+            table.add_row(*[row[i] for i in at])
+        return table
+
+    def _width(self, console: Console, columns: Sequence[str], style: int) -> int:
+        """The width a table of `columns` takes unwrapped, measured on one row of the widest cells."""
+        probe = Table(**_STYLES[style])
+        for col in columns:
+            probe.add_column(col, no_wrap=True)
+        probe.add_row(*["x" * self.widths[c] for c in columns])
+        return Measurement.get(console, console.options.update(width=10_000), probe).maximum
+
+    def _ordered(self, columns: Collection[str]) -> list[str]:
+        return [c for c in self.columns if c in columns]
+
+    def layout(self, console: Console, width: int) -> list:
+        """The renderables (tables, then a line) that show this summary in `width` columns."""
+        if self._width(console, self.columns, 0) <= width:
+            return [self._table(self.columns, 0, self.title)]
+        essential = [c for c in IDENTITY_COLUMNS + HEADLINE_COLUMNS if c in self.columns]
+        rest = [c for c in SECONDARY_PRIORITY if c in self.columns]
+        rest += [c for c in self.columns if c not in essential and c not in rest]
+        constant = [c for c in _HOISTABLE if c in self.columns and len({row[self.columns.index(c)] for row in self.cells}) == 1]
+        for style, hoisted in [(0, []), (1, []), (2, []), (2, constant)]:
+            shown = [c for c in essential if c not in hoisted]
+            if self._width(console, shown, style) <= width:
+                break
+        else:  # not even the essentials fit on one line each: latency on two lines (median, ± IQR), then
+            # any long cell folded; never a cut one
+            shown, title = self._ordered(shown), self._title(hoisted)
+            table = self._table(shown, style, title, wrap=("latency_ms",))
+            if Measurement.get(console, console.options.update(width=10_000), table).minimum > width:
+                table = self._table(shown, style, title, wrap=shown)
+            return [table, *self._left_out_line(rest, width)]
+        title = self._title(hoisted)
+        first = self._fill(console, shown, rest, style, width)
+        out = [self._table(self._ordered(first), style, title)]
+        remaining = [c for c in rest if c not in first]
+        key = [c for c in IDENTITY_COLUMNS if c in shown]
+        second = self._fill(console, key, remaining, style, width)
+        if len(second) > len(key):
+            out.append(self._table(self._ordered(second), style, f"{title} (continued)"))
+            remaining = [c for c in remaining if c not in second]
+        return out + self._left_out_line(remaining, width)
+
+    def _fill(self, console: Console, shown: list[str], candidates: list[str], style: int, width: int) -> list[str]:
+        shown = list(shown)
+        for col in candidates:
+            if self._width(console, self._ordered(shown + [col]), style) <= width:
+                shown.append(col)
+        return shown
+
+    def _title(self, hoisted: Sequence[str]) -> str:
+        if not hoisted:
+            return self.title
+        values = ", ".join(f"{c} {self.cells[0][self.columns.index(c)]}" for c in hoisted if self.cells)
+        return f"{self.title} ({values})" if values else self.title
+
+    @staticmethod
+    def _left_out_line(columns: Sequence[str], width: int) -> list:
+        if not columns:
+            return []
+        return [Text(f"not shown at {width} columns: {', '.join(columns)} (they are in the result table; "
+                     "a wider terminal shows them)", style="dim")]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from self.layout(console, options.max_width)
+
+
+def render_rich(df_summary: pd.DataFrame, title: str = "vidprune results", noisy_rows: Collection = ()) -> SummaryTables:
+    """A summary_table() frame as a Rich renderable that fits the console it is printed on (see SummaryTables).
+
+    noisy_rows: index labels of `df_summary` whose latency differs between runs by more than the noise
+    threshold (vidprune.report.noise); their latency is marked with NOISY_MARK.
+    """
+    return SummaryTables(df_summary, title, noisy_rows)
 
 
 def to_markdown(df_summary: pd.DataFrame) -> str:
