@@ -54,9 +54,9 @@ def test_tiny_training_run_lowers_the_loss_and_writes_checkpoints(synth, tmp_pat
     result = trainer.fit()
     assert len(result.history) == 6
     assert result.last_loss < result.first_loss
-    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [l["epoch"] for l in lines] == [1, 2, 3, 4, 5, 6]
-    assert all(l["val_top1"] is not None for l in lines)
+    lines = [json.loads(text) for text in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in lines] == [1, 2, 3, 4, 5, 6]
+    assert all(entry["val_top1"] is not None for entry in lines)
     assert result.best is not None and result.best.is_file()
     # the checkpoint loads back into a fresh model (eval's path), with its geometry recorded
     payload = torch.load(result.last, map_location="cpu", weights_only=True)
