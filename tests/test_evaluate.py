@@ -23,7 +23,7 @@ from vidprune.evaluate import (AccuracyMeter, FidelityMeter, build_method, evalu
                                features_and_logits, fidelity_columns, fidelity_to_unpruned,
                                generated_clips)
 from vidprune.models import create_model
-from vidprune.sweep import Point
+from vidprune.spec import Point
 
 FRAMES, SIZE = 4, 32
 

@@ -11,10 +11,14 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from vidprune import metrics
 from vidprune.errors import VidpruneError
 from vidprune.registry import REFERENCE_METHOD
 
-# One row per measured point. Order is the order of the CSV columns.
+# One row per measured point. Order is the order of the CSV columns. The layout is a compatibility
+# contract with tables already written, so it is spelled out; the measured columns are declared (with their
+# labels and directions) in the metric table, vidprune/metrics.py, and a metric's column missing here (one
+# added later) goes after the measured block, before `source`.
 COLUMNS: list[str] = [
     "method", "backbone", "knob", "keep", "options", "frames", "size", "batch", "throughput_batch",
     "device", "device_name", "dtype", "autocast", "attention", "compile",
@@ -30,20 +34,19 @@ COLUMNS: list[str] = [
     "source", "reference_note",
     "status", "error", "notes",
     "seed", "vidprune_version", "torch_version", "git_sha", "timestamp",
-    # Stable hash of everything that defines the point (see sweep.config_hash): what `--resume` matches on.
+    # Stable hash of everything that defines the point (see spec.config_hash): what `--resume` matches on.
     "config_hash",
 ]
+COLUMNS[COLUMNS.index("source"):COLUMNS.index("source")] = [c.name for c in metrics.columns() if c.name not in COLUMNS]
 
-TEXT_COLUMNS = ("git_sha", "options", "tokens_per_block", "error", "notes", "reference_note", "source",
-                "config_hash", "fidelity_source", "power_source")
+TEXT_COLUMNS = ("git_sha", "options", "error", "notes", "reference_note", "source", "config_hash",
+                *(c.name for c in metrics.columns() if c.text))
 
-# The columns `vidprune plot` may put on an axis, with the direction that is better.
-COST_COLUMNS = {"gflops": "min", "gflops_fvcore": "min", "gflops_thop": "min", "params_m": "min",
-                "latency_ms": "min", "peak_mem_mib": "min", "tokens_final": "min"}
-QUALITY_COLUMNS = {"accuracy": "max", "top1": "max", "top5": "max", "agreement": "max", "cosine": "max",
-                   "mean_class_accuracy": "max", "throughput": "max", "map": "max",
-                   "speedup_flops": "max", "speedup_latency": "max"}
-COST_COLUMNS.update({"kl": "min", "energy_j_per_clip": "min", "power_w": "min"})
+# The columns `vidprune plot` may put on an axis, with the direction that is better: the metric table's,
+# and the accuracy a dataset pass adds, and the speedups computed here.
+COST_COLUMNS = metrics.axis_columns("min")
+QUALITY_COLUMNS = {"accuracy": "max", "top1": "max", "top5": "max", "mean_class_accuracy": "max", "map": "max",
+                   **metrics.axis_columns("max"), "speedup_flops": "max", "speedup_latency": "max"}
 
 # A row's speedups are against the unpruned (REFERENCE_METHOD, `none`) row measured under the same
 # conditions; the name is defined once, in registry (the bottom layer), so that methods can use it too.

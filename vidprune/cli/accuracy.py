@@ -19,6 +19,7 @@ from vidprune.cli.app import (ATTENTION_OPTION, CHECKPOINT_FRAMES_OPTION, CHECKP
                               STRIDE_OPTION, TABLE_FORMAT_OPTION, TRUST_OPTION, WORKERS_OPTION, app,
                               check_table_format, console, err_console, progress_bar, progress_task, say,
                               user_errors, warn)
+from vidprune.metrics import dataset_metrics
 
 EVAL_DEFAULT_METRICS = "flops,params"
 
@@ -57,8 +58,7 @@ def eval_(
     dtype: str = DTYPE_OPTION,
     attention: str = ATTENTION_OPTION,
     metrics: str = typer.Option(EVAL_DEFAULT_METRICS, "--metrics",
-                                help="efficiency columns too: subset of flops,fvcore,params,latency,memory,"
-                                     "throughput ('' for none)"),
+                                help=f"efficiency columns too: subset of {','.join(dataset_metrics())} ('' for none)"),
     seed: int = SEED_OPTION,
     trust_checkpoint: bool = TRUST_OPTION,
     out: Path = OUT_OPTION,
@@ -71,8 +71,11 @@ def eval_(
     from vidprune import registry
     from vidprune.accuracy import dataset_row, evaluate_dataset, open_dataset
     from vidprune.evaluate import build_method
+    from vidprune.metrics import without_dataset_measured
     from vidprune.results import result_filename, write_table
-    from vidprune.sweep import Runner, SweepSpec, expand_points, now, parse_keeps, parse_set
+    from vidprune.runner import Runner, now
+    from vidprune.spec import SweepSpec, parse_keeps, parse_metrics, parse_set
+    from vidprune.sweep import expand_points
 
     check_table_format(fmt)
     method_cls = registry.get_method(method)
@@ -80,7 +83,7 @@ def eval_(
                          method_cls=method_cls, backbone=backbone, frames=frames, size=size, classes=classes,
                          attention=attention, seed=seed, warn=warn, say=say)
     # fidelity comes from the dataset pass, on real clips, not from generated ones
-    metric_list = tuple(m.strip() for m in metrics.split(",") if m.strip() and m.strip() != "fidelity")
+    metric_list = without_dataset_measured(parse_metrics(metrics))
     options = parse_set(set_ or [], method_cls)
     spec = SweepSpec(method=method, keeps=parse_keeps(keep) if keep else [], backbone=setup.backbone,
                      frames=setup.frames, size=setup.size, classes=setup.classes, batch=1, device=device,

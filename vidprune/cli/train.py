@@ -49,7 +49,7 @@ def train(
 ) -> None:
     """Train a backbone with a method in place; writes checkpoints and a metrics log."""
     from vidprune import registry
-    from vidprune.sweep import parse_set
+    from vidprune.spec import parse_set
     from vidprune.train import EpochLog, TrainConfig, Trainer
 
     if data is None and root is None:
