@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from vidprune import metrics
@@ -74,17 +76,28 @@ def to_frame(rows: Sequence[dict]) -> pd.DataFrame:
     return df[COLUMNS + extra]
 
 
+def _key_value(value):
+    """One setting of a row, spelled one way whether it was measured now or read back from a CSV cell as
+    text (ResultStore keeps rows already on disk as text): 8, 8.0 and "8" are the same batch, True and
+    "True" the same autocast."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            return text.lower()
+        return number if math.isfinite(number) else text.lower()
+    if isinstance(value, (int, float, np.number)):
+        return float(value)
+    return value
+
+
 def _group_key(row: pd.Series, keys: Sequence[str]) -> tuple:
-    out = []
-    for key in keys:
-        value = row.get(key)
-        if value is None or (not isinstance(value, str) and pd.isna(value)):
-            out.append(None)
-        elif isinstance(value, (int, float)) and float(value).is_integer():
-            out.append(float(value))  # 8 and 8.0 (a CSV round trip) are the same batch
-        else:
-            out.append(str(value).strip().lower() if isinstance(value, (str, bool)) else value)
-    return tuple(out)
+    return tuple(_key_value(row.get(key)) for key in keys)
 
 
 def add_speedups(df: pd.DataFrame) -> pd.DataFrame:

@@ -72,9 +72,10 @@ def eval_(
     from vidprune.accuracy import dataset_row, evaluate_dataset, open_dataset
     from vidprune.evaluate import build_method
     from vidprune.metrics import without_dataset_measured
-    from vidprune.results import result_filename, write_table
-    from vidprune.runner import Runner, now
+    from vidprune.results import result_filename
+    from vidprune.runner import Runner, point_row
     from vidprune.spec import SweepSpec, parse_keeps, parse_metrics, parse_set
+    from vidprune.store import ResultStore
     from vidprune.sweep import expand_points
 
     check_table_format(fmt)
@@ -96,20 +97,21 @@ def eval_(
                               warn=warn)
     info, backbone, views = setup.model.info, setup.backbone, result.views
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
-    path = out / result_filename(f"eval-{method}", backbone, info.frames, info.size, str(runner.device), spec.dtype,
-                                 torch.__version__, stamp, fmt)
+    name = result_filename(f"eval-{method}", backbone, info.frames, info.size, str(runner.device), spec.dtype,
+                           torch.__version__, stamp, fmt)
+    store = ResultStore.reserve(out, name)  # a new table, never another run's of the same second
+    path = store.path
     rows = []
     for point, columns in zip(points, result.columns):
         if metric_list:
             row = runner.measure(point)
         else:
             instance = build_method(setup.model, point.method, point.keep, point.options, seed)
-            row = {**runner.shared, "method": point.method, "keep": 1.0 if point.keep is None else point.keep,
-                   "knob": instance.knob.name if instance.knob else "", "frames": info.frames, "size": info.size,
-                   "options": json.dumps(instance.describe(), sort_keys=True), "status": "ok", "error": "",
-                   "notes": "", "timestamp": now()}
+            row = point_row(spec, point, runner.shared)
+            row.update(knob=instance.knob.name if instance.knob else "", frames=info.frames, size=info.size,
+                       options=json.dumps(instance.describe(), sort_keys=True))
         rows.append(dataset_row(row, setup, result, columns))
-        write_table(rows, path)
+        store.add(rows[-1:])  # on disk as soon as it is measured
 
     table = Table(title=f"{method} on {backbone} ({result.videos} videos x {views} views, {runner.device})")
     for col in ("method", "keep", "gflops", "top1", "top5", "mean class acc", "agreement", "kl", "cosine", "status"):
