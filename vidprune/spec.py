@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from vidprune.errors import VidpruneError
-from vidprune.metrics import ALL_METRICS
+from vidprune.metrics import ALL_METRICS, selectable
 
 # How a setting enters config_hash.
 ALWAYS, WHEN_SET, POINT, NOT = "always", "when set", "point", "not"
@@ -148,8 +148,8 @@ class SweepSpec:
                          flag=Flag(("--dtype",), "fp32 | fp16 | bf16 (default fp32)"))
     attention: str = setting("sdpa", hashed=ALWAYS, recipe=RecipeKey("choice", choices=("sdpa", "math")),
                              flag=Flag(("--attention",), "sdpa (fused) | math (explicit) (default sdpa)"))
-    metrics: tuple[str, ...] = setting(
-        ALL_METRICS, hashed=ALWAYS, normalize=_metric_set, recipe=RecipeKey("metrics"),
+    metrics: tuple[str, ...] = setting(  # default: every selectable metric of the table
+        default_factory=selectable, hashed=ALWAYS, normalize=_metric_set, recipe=RecipeKey("metrics"),
         flag=Flag(("--metrics",), f"subset of {','.join(ALL_METRICS)} (default all; flops alone takes seconds)",
                   parse=parse_metrics))
     repeats: Optional[int] = setting(None, hashed=ALWAYS, recipe=RecipeKey("integer", low=1),

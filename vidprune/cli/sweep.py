@@ -66,7 +66,7 @@ def sweep(
     from vidprune import models
     from vidprune.accuracy import dataset_row, evaluate_dataset, open_dataset
     from vidprune.executors import EXECUTORS, REMOTE_EXECUTORS, parse_resources, parse_slurm_options
-    from vidprune.metrics import ALL_METRICS, without_dataset_measured
+    from vidprune.metrics import selectable, without_dataset_measured
     from vidprune.recipes import load_recipe, recipe_settings
     from vidprune.report.tables import render_rich, summary_table
     from vidprune.results import read_tables, result_filename
@@ -118,7 +118,7 @@ def sweep(
             warn=warn, say=say)
         base.update(backbone=setup.backbone, frames=setup.frames, size=setup.size, classes=setup.classes)
         # fidelity comes from the dataset pass, on real clips, instead of generated ones
-        base["metrics"] = without_dataset_measured(base.get("metrics", ALL_METRICS))
+        base["metrics"] = without_dataset_measured(base.get("metrics", selectable()))
     elif checkpoint is not None:
         raise VidpruneError("--checkpoint in a sweep needs a dataset to evaluate on: add --data LIST --root DIR "
                             "(or use `vidprune eval`).")
