@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from vidprune.spec import Flag, SweepSpec, settings
+from vidprune.spec import Flag, SweepSpec
 
 
 class SettingsGroup:
@@ -24,35 +24,48 @@ class SettingsGroup:
         self.group = group
 
 
-def _declared(name: str) -> tuple[dataclasses.Field, Flag]:
-    field, meta = next((f, m) for f, m in settings() if f.name == name)
-    if meta.flag is None:
+@functools.lru_cache(maxsize=None)
+def _flags(spec_cls: type) -> dict[str, tuple[Flag, Any]]:
+    """{field name: (flag, option value type)} of every setting that declares a flag. The value type is the
+    field's (Optional, so that "not given" is None), a flag for a bool, and text for a setting that parses
+    what is typed."""
+    hints = typing.get_type_hints(spec_cls)
+    flags = {}
+    for field in dataclasses.fields(spec_cls):
+        flag = field.metadata["setting"].flag
+        if flag is None:
+            continue
+        args = [a for a in typing.get_args(hints[field.name]) if a is not type(None)]
+        value_type = args[0] if typing.get_origin(hints[field.name]) is typing.Union and len(args) == 1 \
+            else hints[field.name]
+        if flag.parse is not None:
+            flags[field.name] = (flag, Optional[str])
+        else:
+            flags[field.name] = (flag, bool if value_type is bool else Optional[value_type])
+    return flags
+
+
+def _declared(name: str) -> tuple[Flag, Any]:
+    flags = _flags(SweepSpec)
+    if name not in flags:
         raise ValueError(f"sweep setting '{name}' declares no command-line flag")
-    return field, meta.flag
+    return flags[name]
 
 
 def option_type(name: str) -> Any:
-    """The option's value type: the field's (Optional, so that "not given" is None), a flag for a bool, and
-    text for a setting that parses what is typed."""
-    field, flag = _declared(name)
-    if flag.parse is not None:
-        return Optional[str]
-    hint = typing.get_type_hints(SweepSpec)[field.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    value_type = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
-    return bool if value_type is bool else Optional[value_type]
+    return _declared(name)[1]
 
 
 def option(name: str) -> Any:
     """The typer.Option of the setting `name`, for a command's signature (with `option_type(name)`)."""
-    _, flag = _declared(name)
-    return typer.Option(False if option_type(name) is bool else None, *flag.names, help=flag.help)
+    flag, value_type = _declared(name)
+    return typer.Option(False if value_type is bool else None, *flag.names, help=flag.help)
 
 
 def given(values: dict) -> dict:
     """The settings the user gave, as SweepSpec field values (a flag's text parsed where it declares how)."""
-    parse = {f.name: m.flag.parse for f, m in settings() if m.flag is not None}
-    return {name: (parse[name](value) if parse.get(name) else value)
+    parse = {name: flag.parse for name, (flag, _) in _flags(SweepSpec).items() if flag.parse is not None}
+    return {name: (parse[name](value) if name in parse else value)
             for name, value in values.items() if value is not None and value is not False}
 
 
@@ -64,7 +77,7 @@ def with_settings(command: Callable) -> Callable:
         if not isinstance(parameter.default, SettingsGroup):
             parameters.append(parameter.replace(annotation=hints.get(parameter.name, parameter.annotation)))
             continue
-        names = [f.name for f, m in settings() if m.flag is not None and m.flag.group == parameter.default.group]
+        names = [name for name, (flag, _) in _flags(SweepSpec).items() if flag.group == parameter.default.group]
         groups[parameter.name] = names
         for name in names:
             parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option(name),
@@ -79,6 +92,6 @@ def with_settings(command: Callable) -> Callable:
             kwargs[group] = {name: kwargs.pop(name) for name in names}
         return command(**kwargs)
 
-    kinds = inspect.Parameter.KEYWORD_ONLY
-    wrapper.__signature__ = inspect.Signature([p.replace(kind=kinds) for p in parameters])
+    # keyword-only: Typer passes every option by name, and the generated ones sit among the declared ones
+    wrapper.__signature__ = inspect.Signature([p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in parameters])
     return wrapper
