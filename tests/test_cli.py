@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 import vidprune
 from vidprune import registry
-from vidprune import sweep as sweep_mod
+from vidprune import runner as runner_mod
 from vidprune.cli.app import app, console, err_console
 
 FAST = ["--backbone", "vit-tiny", "--device", "cpu", "--repeats", "2", "--warmup", "0"]
@@ -420,14 +420,14 @@ def test_unreadable_result_file_is_one_error_line(tmp_path, monkeypatch, command
 
 
 def test_failing_point_keeps_the_others(tmp_path, monkeypatch):
-    real_time = sweep_mod.Runner._time
+    real_time = runner_mod.Runner.time_forward
 
     def flaky(self, model, batch):
         if model.method.keep is not None and math.isclose(model.method.keep, 0.7):
             raise RuntimeError("injected failure at keep 0.7")
         return real_time(self, model, batch)
 
-    monkeypatch.setattr(sweep_mod.Runner, "_time", flaky)
+    monkeypatch.setattr(runner_mod.Runner, "time_forward", flaky)
     result = invoke("sweep", "--method", "evad", "--keep", "0.6,0.7,0.8", "--metrics", "latency", *FAST,
                     "--out", tmp_path)
     text = combined(result)
@@ -447,7 +447,7 @@ def test_failing_point_keeps_the_others(tmp_path, monkeypatch):
 
 
 def test_out_of_memory_halves_the_batch(tmp_path, monkeypatch):
-    real_time = sweep_mod.Runner._time
+    real_time = runner_mod.Runner.time_forward
     calls = []
 
     def small_device(self, model, batch):
@@ -456,7 +456,7 @@ def test_out_of_memory_halves_the_batch(tmp_path, monkeypatch):
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 1.00 GiB total capacity)")
         return real_time(self, model, batch)
 
-    monkeypatch.setattr(sweep_mod.Runner, "_time", small_device)
+    monkeypatch.setattr(runner_mod.Runner, "time_forward", small_device)
     result = invoke("sweep", "--method", "evad", "--keep", "0.7", "--batch", "4", "--metrics", "latency,throughput",
                     *FAST, "--out", tmp_path)
     text = ok(result)

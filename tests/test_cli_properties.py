@@ -26,7 +26,8 @@ from typer.testing import CliRunner  # noqa: E402
 from vidprune.cli.app import app, console, err_console  # noqa: E402
 from vidprune.recipes import load_recipe  # noqa: E402
 from vidprune.results import COLUMNS  # noqa: E402
-from vidprune.sweep import SweepSpec, config_hash, expand_points  # noqa: E402
+from vidprune.spec import SweepSpec, config_hash  # noqa: E402
+from vidprune.sweep import expand_points  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = ["sweep", "--backbone", "vit-tiny", "--device", "cpu", "--metrics", "params,flops", "--repeats", "1", "--warmup", "0"]

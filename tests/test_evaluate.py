@@ -23,7 +23,7 @@ from vidprune.evaluate import (AccuracyMeter, FidelityMeter, build_method, evalu
                                features_and_logits, fidelity_columns, fidelity_to_unpruned,
                                generated_clips)
 from vidprune.models import create_model
-from vidprune.sweep import Point
+from vidprune.spec import Point
 
 FRAMES, SIZE = 4, 32
 
@@ -235,6 +235,39 @@ def test_cli_eval_writes_accuracy_and_fidelity_columns(synth, tmp_path):
     plotted = _invoke("plot", files[0], "--out", tmp_path / "plots")
     assert plotted.exit_code == 0, plotted.output
     assert list((tmp_path / "plots").glob("*accuracy*"))
+
+
+def test_cli_eval_saves_through_the_result_store_with_config_hashes(synth, tmp_path, monkeypatch):
+    """Two evals in the same second get two tables (the store reserves the name), and every row carries the
+    config_hash a sweep of the same settings would give it, also without efficiency metrics."""
+    from datetime import datetime, timezone
+
+    import vidprune.cli.accuracy as cli_accuracy
+    from vidprune.spec import SweepSpec, config_hash
+    from vidprune.sweep import expand_points
+
+    class SameSecond(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+    monkeypatch.setattr(cli_accuracy, "datetime", SameSecond)
+    args = ("eval", "--data", synth / "val.txt", "--backbone", "vit-tiny", "--frames", FRAMES, "--size", SIZE,
+            "--classes", 3, "--method", "evad", "--keep", "0.5,0.7", "--metrics", "", "--device", "cpu",
+            "--workers", 0, "--out", tmp_path / "res")
+    for _ in range(2):
+        result = _invoke(*args)
+        assert result.exit_code == 0, result.output
+    files = sorted(p.name for p in (tmp_path / "res").glob("eval-evad_*.csv"))
+    assert files == ["eval-evad_vit-tiny_4x32_cpu_fp32_" + files[0].split("_")[-2] + "_20300102030405-2.csv",
+                     "eval-evad_vit-tiny_4x32_cpu_fp32_" + files[0].split("_")[-2] + "_20300102030405.csv"]
+    spec = SweepSpec(method="evad", keeps=[0.5, 0.7], backbone="vit-tiny", frames=FRAMES, size=SIZE, classes=3,
+                     device="cpu", metrics=())
+    expected = [config_hash(spec, point) for point in expand_points(spec)]
+    for name in files:
+        df = pd.read_csv(tmp_path / "res" / name, dtype={"config_hash": "string"})
+        assert list(df["config_hash"]) == expected
+        assert df["top1"].notna().all() and (df["status"] == "ok").all()
 
 
 def test_cli_eval_user_errors_are_one_line(synth, tmp_path):

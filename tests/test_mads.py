@@ -284,7 +284,7 @@ def test_threshold_loss_misuse_raises():
 # ---------------------------------------------------------------- sweeps
 
 def test_default_backbone_and_knob():
-    from vidprune.sweep import SweepSpec
+    from vidprune.spec import SweepSpec
 
     assert MADS.default_backbone == "vivit-b"
     assert SweepSpec(method="mads").backbone == "vivit-b"
@@ -315,7 +315,8 @@ def test_sweep_writes_rows_with_frame_stats(tmp_path):
 def test_table1_recipes_load(size):
     from vidprune.recipes import load_recipe
     from vidprune.registry import get_backbone
-    from vidprune.sweep import SweepSpec, expand_points
+    from vidprune.spec import SweepSpec
+    from vidprune.sweep import expand_points
 
     data = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / f"mads-table1-{size}.yaml")
     sweep = dict(data["sweep"])

@@ -21,7 +21,8 @@ from vidprune.methods.poguise import POGUISE, SemanticAttention, merge_count, me
 from vidprune.recipes import load_recipe
 from vidprune.registry import parse_options
 from vidprune.models import create_model
-from vidprune.sweep import SweepSpec, expand_points
+from vidprune.spec import SweepSpec
+from vidprune.sweep import expand_points
 from vidprune.tokens import TokenState, keep_count
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

@@ -19,7 +19,7 @@ from vidprune.errors import VidpruneError
 from vidprune.measure.flops import AGREEMENT_TOLERANCE, count_flops, count_torch, example_input, relative_gap
 from vidprune.methods.sllm import SLLM, restoration_divergence, sampling_plan
 from vidprune.models import create_model
-from vidprune.sweep import SweepSpec
+from vidprune.spec import SweepSpec
 
 TINY_TOKENS = 17
 TINY_DIM = 128
@@ -105,9 +105,9 @@ def test_restoration_uses_both_directions_of_ffres():
     kept = torch.randn(2, 3, TINY_DIM)
     out, _ = method.complete_frames(kept)
     with torch.no_grad():
-        for m, (left, r) in ((1, (0, 1)), (3, (1, 2))):
-            f_lr = method.ffres(kept[:, left], kept[:, r])
-            f_rl = method.ffres(kept[:, r], kept[:, left])
+        for m, (left, right) in ((1, (0, 1)), (3, (1, 2))):
+            f_lr = method.ffres(kept[:, left], kept[:, right])
+            f_rl = method.ffres(kept[:, right], kept[:, left])
             torch.testing.assert_close(out[:, m], 0.5 * f_lr + 0.5 * f_rl, rtol=1e-5, atol=1e-5)
             assert not torch.allclose(f_lr, f_rl)  # the role embedding makes h(l, r) != h(r, l)
         torch.testing.assert_close(out[:, [0, 2, 4]], kept)

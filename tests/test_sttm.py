@@ -451,7 +451,8 @@ def test_bad_settings_are_user_errors(keep, options, match):
 
 def test_default_backbone_and_recipes():
     from vidprune.recipes import load_recipe
-    from vidprune.sweep import SweepSpec, expand_points
+    from vidprune.spec import SweepSpec
+    from vidprune.sweep import expand_points
 
     spec = SweepSpec(method="sttm")
     assert spec.backbone == "vit-b-cls"

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vidprune.cli.app import app, console, err_console
-from vidprune.sweep import FAULT_ENV
+from vidprune.runner import FAULT_ENV
 
 SWEEP = ["sweep", "--method", "evad", "--keep", "0.7", "--backbone", "vit-tiny", "--device", "cpu",
          "--metrics", "params"]

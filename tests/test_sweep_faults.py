@@ -1,7 +1,7 @@
 """Sweeps that survive: a failing point, an out-of-memory, a NaN, a SIGKILL of the sweep or of one point,
 and concurrent writers, without losing or duplicating a finished row.
 
-Faults are injected through VIDPRUNE_INJECT_FAULT (kind@keep, see sweep.injected_fault), which also
+Faults are injected through VIDPRUNE_INJECT_FAULT (kind@keep, see runner.injected_fault), which also
 reaches child processes. Everything runs on the CPU with the tiny backbone and --metrics params, and
 only the tests that need a separate process start one.
 """
@@ -26,7 +26,9 @@ from typer.testing import CliRunner
 from vidprune.cli.app import app, console, err_console
 from vidprune.results import COLUMNS
 from vidprune.store import ResultStore, merge_rows
-from vidprune.sweep import FAULT_ENV, Point, SweepSpec, config_hash, expand_points
+from vidprune.runner import FAULT_ENV
+from vidprune.spec import Point, SweepSpec, config_hash
+from vidprune.sweep import expand_points
 
 FAST = ["--backbone", "vit-tiny", "--device", "cpu", "--metrics", "params", "--repeats", "1", "--warmup", "0"]
 REPO = Path(__file__).resolve().parent.parent

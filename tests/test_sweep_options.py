@@ -10,12 +10,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vidprune import sweep as sweep_module
+from vidprune import metrics as metric_table
 from vidprune.cli.app import app
 from vidprune.errors import VidpruneError
 from vidprune.measure.power import PowerReading
 from vidprune.results import add_speedups, read_tables, to_frame
-from vidprune.sweep import COMPILE_BACKEND_ENV, Point, Runner, SweepSpec
+from vidprune.runner import COMPILE_BACKEND_ENV, Runner
+from vidprune.spec import Point, SweepSpec
 
 TINY = dict(backbone="vit-tiny", frames=4, size=32, classes=5, seed=0)
 
@@ -34,7 +35,7 @@ def test_fidelity_is_measured_by_default_and_exact_at_keep_one(one_thread):
     pruned = _row(keep=0.3, metrics=("fidelity",), fidelity_clips=3)
     assert pruned["fidelity_clips"] == 3
     assert pruned["kl"] > 0.0 and pruned["cosine"] < 1.0
-    assert "fidelity" in sweep_module.ALL_METRICS
+    assert "fidelity" in metric_table.ALL_METRICS
 
 
 def test_precision_and_attention_are_recorded(one_thread):
@@ -87,7 +88,7 @@ def test_power_columns_come_from_the_meter_over_a_long_enough_window(one_thread,
     row = runner.measure(Point("evad", 0.5, {}))
     assert row["status"] == "ok", row["error"]
     assert meter.windows == 1 and row["power_w"] == 12.5 and row["power_source"] == "fake"
-    runs = max(1, math.ceil(sweep_module.MIN_POWER_WINDOW_S * 1000 / row["latency_ms"]))
+    runs = max(1, math.ceil(metric_table.MIN_POWER_WINDOW_S * 1000 / row["latency_ms"]))
     assert row["energy_j_per_clip"] == pytest.approx(25.0 / runs)
 
 

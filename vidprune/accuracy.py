@@ -24,6 +24,7 @@ from vidprune.data.samplers import make_sampler
 from vidprune.data.transforms import ClipTransform, resolve_normalization
 from vidprune.errors import VidpruneError
 from vidprune.evaluate import build_method, evaluate_methods
+from vidprune.notes import VIDEOS_SKIPPED, join as join_notes
 
 MAX_LISTED = 10  # bad list lines / skipped videos reported one by one before summarising
 
@@ -154,6 +155,6 @@ def dataset_row(row: dict, setup: DatasetSetup, result: DatasetPass, columns: di
     row = dict(row, **result.shared, **columns)
     if row.get("gflops") is not None and not (isinstance(row["gflops"], float) and math.isnan(row["gflops"])):
         row["gflops_per_video"] = row["gflops"] * result.views
-    extra = list(setup.notes) + ([f"{result.skipped} videos skipped (missing or corrupt)"] if result.skipped else [])
-    row["notes"] = " | ".join(n for n in [row.get("notes", "")] + extra if n)
+    extra = list(setup.notes) + ([VIDEOS_SKIPPED(count=result.skipped)] if result.skipped else [])
+    row["notes"] = join_notes([row.get("notes", "")] + extra)
     return row

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,11 +22,13 @@ from typing import Iterator, Optional
 
 import vidprune
 from vidprune.errors import VidpruneError
-from vidprune.sweep import Point, Runner, SweepSpec, failure_row, spec_to_dict
+from vidprune.measure.device import is_device_name
+from vidprune.point import measure_request
+from vidprune.runner import Runner, failure_row
+from vidprune.spec import Point, SweepSpec, spec_to_dict
 
 EXECUTORS = ("local", "subprocess", "ray", "slurm")
 REMOTE_EXECUTORS = ("ray", "slurm")
-_DEVICE_SYNTAX = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def check_executor(executor: str, spec: SweepSpec, options: dict) -> None:
@@ -35,7 +36,7 @@ def check_executor(executor: str, spec: SweepSpec, options: dict) -> None:
         raise VidpruneError(f"--executor must be one of {', '.join(EXECUTORS)}, got '{executor}'.")
     if executor in REMOTE_EXECUTORS:
         device = str(spec.device).strip().lower()
-        if not _DEVICE_SYNTAX.fullmatch(device):
+        if not is_device_name(device):
             raise VidpruneError(f"unknown device '{spec.device}'. Use one of: cpu, cuda, mps, auto.")
         if device.startswith("cuda:"):
             raise VidpruneError(f"--executor {executor} gives every point one GPU of its own, so it sees that GPU "
@@ -140,7 +141,6 @@ def _ray_rows(spec: SweepSpec, points: list[Point], shared: dict, options: dict)
         import ray
     except ImportError:
         raise VidpruneError("--executor ray needs Ray: pip install 'vidprune[ray]'.") from None
-    from vidprune.point import measure_request
 
     started = False
     if not ray.is_initialized():
@@ -203,7 +203,6 @@ def _slurm_rows(spec: SweepSpec, points: list[Point], shared: dict, options: dic
         import submitit
     except ImportError:
         raise VidpruneError("--executor slurm needs submitit: pip install 'vidprune[slurm]'.") from None
-    from vidprune.point import measure_request
 
     params = dict(options.get("slurm_options") or {})
     folder = params.pop("folder", None) or options.get("slurm_folder") or "results/.submitit"

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from vidprune.errors import VidpruneError
-from vidprune.sweep import Point, Runner, failure_row, spec_from_dict
+from vidprune.runner import Runner, failure_row
+from vidprune.spec import Point, spec_from_dict
 
 
 def measure_request(request: dict) -> dict:

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import yaml
 
 from vidprune.errors import VidpruneError
-from vidprune.sweep import ALL_METRICS
+from vidprune.measure.device import DEVICE_CHOICES, is_device_name
+from vidprune.metrics import selectable
+from vidprune.spec import RecipeKey, parse_keeps, parse_metrics, settings
 
-SWEEP_KEYS = {"method", "backbone", "keep", "frames", "size", "classes", "batch", "device", "dtype",
-              "attention", "metrics", "repeats", "warmup", "seed", "options"}
 TOP_KEYS = {"name", "description", "paper", "sweep", "convention", "references"}
-
-# The schema: integer keys with their lowest allowed value, keys with a fixed set of values.
-_INT_KEYS = {"frames": 1, "size": 1, "classes": 1, "batch": 1, "repeats": 1, "warmup": 0, "seed": 0}
-_CHOICES = {"dtype": ("fp32", "fp16", "bf16", "float32", "float16", "bfloat16"), "attention": ("sdpa", "math"),
-            "metrics": ALL_METRICS}
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _SCALAR = (str, int, float, bool)
+
+
+def recipe_keys() -> dict[str, tuple[str, RecipeKey]]:
+    """{YAML key under `sweep:`: (SweepSpec field, how it is checked)}, from the spec's field metadata."""
+    return {(meta.recipe.key or f.name): (f.name, meta.recipe) for f, meta in settings() if meta.recipe is not None}
+
+
+SWEEP_KEYS = set(recipe_keys())
 
 
 def _bad(path: Path, key: str, value, allowed: str) -> VidpruneError:
@@ -30,6 +31,82 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# One check per RecipeKey kind: (path, YAML key, value, rule, method class) -> None, or raise.
+
+
+def _check_registered(path, key, value, rule, method_cls):
+    from vidprune import registry
+
+    known = getattr(registry, rule.names)()
+    if not isinstance(value, str) or value not in known:
+        raise _bad(path, f"sweep.{key}", value, ", ".join(sorted(known)))
+
+
+def _check_integer(path, key, value, rule, method_cls):
+    if not isinstance(value, int) or isinstance(value, bool) or value < rule.low:
+        raise _bad(path, f"sweep.{key}", value, f"an integer >= {rule.low}")
+
+
+def _check_device(path, key, value, rule, method_cls):
+    if not is_device_name(value):
+        raise _bad(path, f"sweep.{key}", value, DEVICE_CHOICES)
+
+
+def _check_choice(path, key, value, rule, method_cls):
+    if value not in rule.choices:
+        raise _bad(path, f"sweep.{key}", value, ", ".join(rule.choices))
+
+
+def _check_metrics(path, key, value, rule, method_cls):
+    known = selectable()
+    items = [m.strip() for m in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or any(m not in known for m in items):
+        raise _bad(path, f"sweep.{key}", value, "a list (or comma-separated string) of " + ", ".join(known))
+
+
+def _check_knob(path, key, value, rule, method_cls):
+    if method_cls.knob is None:
+        raise _bad(path, f"sweep.{key}", value, f"nothing: method '{method_cls.name}' has no knob")
+    values = value if isinstance(value, list) else [value]
+    allowed = f"numbers in {method_cls.knob.describe_range()} ({method_cls.knob.name}), one or a list"
+    if not values:
+        raise _bad(path, f"sweep.{key}", value, allowed)
+    for item in values:
+        if isinstance(item, str) and ":" in item and not isinstance(value, list):
+            continue  # a range, checked when the sweep expands it
+        if not _is_number(item):
+            raise _bad(path, f"sweep.{key}", item, allowed)
+        try:
+            method_cls.knob.validate(item)
+        except VidpruneError:
+            raise _bad(path, f"sweep.{key}", item, allowed) from None
+
+
+def _check_options(path, key, value, rule, method_cls):
+    if not isinstance(value, dict):
+        raise _bad(path, f"sweep.{key}", value, "a mapping of option name to value or list of values")
+    declared = [o.name for o in method_cls.options]
+    for name, option_value in value.items():
+        if name not in declared:
+            raise _bad(path, f"sweep.{key}", name, f"options of '{method_cls.name}': {', '.join(declared) or 'none'}")
+        values = option_value if isinstance(option_value, list) else [option_value]
+        if not values or any(not isinstance(v, _SCALAR) for v in values):
+            raise _bad(path, f"sweep.{key}.{name}", option_value, "a number, string or boolean, or a list of them")
+
+
+_CHECKS = {"registered": _check_registered, "integer": _check_integer, "device": _check_device,
+           "choice": _check_choice, "metrics": _check_metrics, "knob": _check_knob, "options": _check_options}
+# Checked after the rest, since they depend on the method (which is checked first).
+_METHOD_DEPENDENT = ("knob", "options")
+
+# How a recipe's value becomes the spec field's value, where it differs.
+_READS = {
+    "knob": lambda keep: parse_keeps(",".join(str(k) for k in keep) if isinstance(keep, list) else str(keep)),
+    "metrics": lambda metrics: parse_metrics(metrics) if isinstance(metrics, str) else tuple(metrics),
+    "options": lambda options: dict(options or {}),
+}
+
+
 def validate_recipe(path: Path, data: dict) -> None:
     """Types and ranges of every key, each error naming the file, the key and the allowed values."""
     from vidprune import registry
@@ -38,52 +115,14 @@ def validate_recipe(path: Path, data: dict) -> None:
         if key in data and not isinstance(data[key], str):
             raise _bad(path, key, data[key], "a string")
     sweep = data["sweep"]
-    if not isinstance(sweep["method"], str) or sweep["method"] not in registry.methods():
-        raise _bad(path, "sweep.method", sweep["method"], ", ".join(sorted(registry.methods())))
+    keys = recipe_keys()
+    method_field = keys["method"][1]
+    _CHECKS[method_field.kind](path, "method", sweep["method"], method_field, None)
     method_cls = registry.get_method(sweep["method"])
-    if "backbone" in sweep and (not isinstance(sweep["backbone"], str) or sweep["backbone"] not in registry.backbones()):
-        raise _bad(path, "sweep.backbone", sweep["backbone"], ", ".join(sorted(registry.backbones())))
-    for key, low in _INT_KEYS.items():
-        if key in sweep and (not isinstance(sweep[key], int) or isinstance(sweep[key], bool) or sweep[key] < low):
-            raise _bad(path, f"sweep.{key}", sweep[key], f"an integer >= {low}")
-    if "device" in sweep and not (isinstance(sweep["device"], str) and _DEVICE.fullmatch(sweep["device"].strip().lower())):
-        raise _bad(path, "sweep.device", sweep["device"], "cpu, cuda, cuda:N, mps, auto")
-    for key in ("dtype", "attention"):
-        if key in sweep and sweep[key] not in _CHOICES[key]:
-            raise _bad(path, f"sweep.{key}", sweep[key], ", ".join(_CHOICES[key]))
-    if "metrics" in sweep:
-        metrics = sweep["metrics"]
-        items = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else metrics
-        if not isinstance(items, list) or not items or any(m not in _CHOICES["metrics"] for m in items):
-            raise _bad(path, "sweep.metrics", metrics, "a list (or comma-separated string) of " + ", ".join(_CHOICES["metrics"]))
-    if "keep" in sweep:
-        keep = sweep["keep"]
-        if method_cls.knob is None:
-            raise _bad(path, "sweep.keep", keep, f"nothing: method '{method_cls.name}' has no knob")
-        values = keep if isinstance(keep, list) else [keep]
-        allowed = f"numbers in {method_cls.knob.describe_range()} ({method_cls.knob.name}), one or a list"
-        if not values:
-            raise _bad(path, "sweep.keep", keep, allowed)
-        for value in values:
-            if isinstance(value, str) and ":" in value and not isinstance(keep, list):
-                continue  # a range, checked when the sweep expands it
-            if not _is_number(value):
-                raise _bad(path, "sweep.keep", value, allowed)
-            try:
-                method_cls.knob.validate(value)
-            except VidpruneError:
-                raise _bad(path, "sweep.keep", value, allowed) from None
-    if "options" in sweep:
-        options = sweep["options"]
-        if not isinstance(options, dict):
-            raise _bad(path, "sweep.options", options, "a mapping of option name to value or list of values")
-        declared = [o.name for o in method_cls.options]
-        for name, value in options.items():
-            if name not in declared:
-                raise _bad(path, "sweep.options", name, f"options of '{method_cls.name}': {', '.join(declared) or 'none'}")
-            values = value if isinstance(value, list) else [value]
-            if not values or any(not isinstance(v, _SCALAR) for v in values):
-                raise _bad(path, f"sweep.options.{name}", value, "a number, string or boolean, or a list of them")
+    ordered = sorted(keys.items(), key=lambda item: item[1][1].kind in _METHOD_DEPENDENT)
+    for key, (_, rule) in ordered:
+        if key in sweep and key != "method":
+            _CHECKS[rule.kind](path, key, sweep[key], rule, method_cls)
     convention = data.get("convention")
     if convention is not None:
         if not isinstance(convention, dict):
@@ -106,6 +145,16 @@ def validate_recipe(path: Path, data: dict) -> None:
             raise _bad(path, f"references[{i}].source", ref["source"], "a string naming the table or figure")
 
 
+def recipe_settings(recipe: dict) -> dict:
+    """A loaded recipe's `sweep:` mapping as SweepSpec field values (keep -> keeps, a metrics string -> names)."""
+    keys = recipe_keys()
+    result = {}
+    for key, value in recipe["sweep"].items():
+        name, rule = keys[key]
+        result[name] = _READS[rule.kind](value) if rule.kind in _READS else value
+    return result
+
+
 def load_recipe(path: str | Path) -> dict:
     """Read and check a recipe; unknown keys are errors so a typo never silently changes a sweep."""
     path = Path(path)
@@ -119,7 +168,8 @@ def load_recipe(path: str | Path) -> dict:
         raise VidpruneError(f"recipe '{path}' needs a 'sweep:' mapping (method, backbone, keep, ...).")
     unknown = set(data) - TOP_KEYS
     if unknown:
-        raise VidpruneError(f"recipe '{path}': unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(TOP_KEYS))}.")
+        raise VidpruneError(f"recipe '{path}': unknown key(s) {', '.join(sorted(unknown))}; "
+                            f"allowed: {', '.join(sorted(TOP_KEYS))}.")
     unknown = set(data["sweep"]) - SWEEP_KEYS
     if unknown:
         raise VidpruneError(

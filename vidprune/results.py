@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
+from vidprune import metrics
 from vidprune.errors import VidpruneError
 from vidprune.registry import REFERENCE_METHOD
 
-# One row per measured point. Order is the order of the CSV columns.
+# One row per measured point. Order is the order of the CSV columns. The layout is a compatibility
+# contract with tables already written, so it is spelled out; the measured columns are declared (with their
+# labels and directions) in the metric table, vidprune/metrics.py, and a metric's column missing here (one
+# added later) goes after the measured block, before `source`.
 COLUMNS: list[str] = [
     "method", "backbone", "knob", "keep", "options", "frames", "size", "batch", "throughput_batch",
     "device", "device_name", "dtype", "autocast", "attention", "compile",
@@ -30,20 +36,19 @@ COLUMNS: list[str] = [
     "source", "reference_note",
     "status", "error", "notes",
     "seed", "vidprune_version", "torch_version", "git_sha", "timestamp",
-    # Stable hash of everything that defines the point (see sweep.config_hash): what `--resume` matches on.
+    # Stable hash of everything that defines the point (see spec.config_hash): what `--resume` matches on.
     "config_hash",
 ]
+COLUMNS[COLUMNS.index("source"):COLUMNS.index("source")] = [c.name for c in metrics.columns() if c.name not in COLUMNS]
 
-TEXT_COLUMNS = ("git_sha", "options", "tokens_per_block", "error", "notes", "reference_note", "source",
-                "config_hash", "fidelity_source", "power_source")
+TEXT_COLUMNS = ("git_sha", "options", "error", "notes", "reference_note", "source", "config_hash",
+                *(c.name for c in metrics.columns() if c.text))
 
-# The columns `vidprune plot` may put on an axis, with the direction that is better.
-COST_COLUMNS = {"gflops": "min", "gflops_fvcore": "min", "gflops_thop": "min", "params_m": "min",
-                "latency_ms": "min", "peak_mem_mib": "min", "tokens_final": "min"}
-QUALITY_COLUMNS = {"accuracy": "max", "top1": "max", "top5": "max", "agreement": "max", "cosine": "max",
-                   "mean_class_accuracy": "max", "throughput": "max", "map": "max",
-                   "speedup_flops": "max", "speedup_latency": "max"}
-COST_COLUMNS.update({"kl": "min", "energy_j_per_clip": "min", "power_w": "min"})
+# The columns `vidprune plot` may put on an axis, with the direction that is better: the metric table's,
+# and the accuracy a dataset pass adds, and the speedups computed here.
+COST_COLUMNS = metrics.axis_columns("min")
+QUALITY_COLUMNS = {"accuracy": "max", "top1": "max", "top5": "max", "mean_class_accuracy": "max", "map": "max",
+                   **metrics.axis_columns("max"), "speedup_flops": "max", "speedup_latency": "max"}
 
 # A row's speedups are against the unpruned (REFERENCE_METHOD, `none`) row measured under the same
 # conditions; the name is defined once, in registry (the bottom layer), so that methods can use it too.
@@ -71,17 +76,28 @@ def to_frame(rows: Sequence[dict]) -> pd.DataFrame:
     return df[COLUMNS + extra]
 
 
+def _key_value(value):
+    """One setting of a row, spelled one way whether it was measured now or read back from a CSV cell as
+    text (ResultStore keeps rows already on disk as text): 8, 8.0 and "8" are the same batch, True and
+    "True" the same autocast."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            return text.lower()
+        return number if math.isfinite(number) else text.lower()
+    if isinstance(value, (int, float, np.number)):
+        return float(value)
+    return value
+
+
 def _group_key(row: pd.Series, keys: Sequence[str]) -> tuple:
-    out = []
-    for key in keys:
-        value = row.get(key)
-        if value is None or (not isinstance(value, str) and pd.isna(value)):
-            out.append(None)
-        elif isinstance(value, (int, float)) and float(value).is_integer():
-            out.append(float(value))  # 8 and 8.0 (a CSV round trip) are the same batch
-        else:
-            out.append(str(value).strip().lower() if isinstance(value, (str, bool)) else value)
-    return tuple(out)
+    return tuple(_key_value(row.get(key)) for key in keys)
 
 
 def add_speedups(df: pd.DataFrame) -> pd.DataFrame:

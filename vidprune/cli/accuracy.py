@@ -19,6 +19,7 @@ from vidprune.cli.app import (ATTENTION_OPTION, CHECKPOINT_FRAMES_OPTION, CHECKP
                               STRIDE_OPTION, TABLE_FORMAT_OPTION, TRUST_OPTION, WORKERS_OPTION, app,
                               check_table_format, console, err_console, progress_bar, progress_task, say,
                               user_errors, warn)
+from vidprune.metrics import dataset_metrics
 
 EVAL_DEFAULT_METRICS = "flops,params"
 
@@ -57,8 +58,7 @@ def eval_(
     dtype: str = DTYPE_OPTION,
     attention: str = ATTENTION_OPTION,
     metrics: str = typer.Option(EVAL_DEFAULT_METRICS, "--metrics",
-                                help="efficiency columns too: subset of flops,fvcore,params,latency,memory,"
-                                     "throughput ('' for none)"),
+                                help=f"efficiency columns too: subset of {','.join(dataset_metrics())} ('' for none)"),
     seed: int = SEED_OPTION,
     trust_checkpoint: bool = TRUST_OPTION,
     out: Path = OUT_OPTION,
@@ -71,8 +71,12 @@ def eval_(
     from vidprune import registry
     from vidprune.accuracy import dataset_row, evaluate_dataset, open_dataset
     from vidprune.evaluate import build_method
-    from vidprune.results import result_filename, write_table
-    from vidprune.sweep import Runner, SweepSpec, expand_points, now, parse_keeps, parse_set
+    from vidprune.metrics import without_dataset_measured
+    from vidprune.results import result_filename
+    from vidprune.runner import Runner, point_row
+    from vidprune.spec import SweepSpec, parse_keeps, parse_metrics, parse_set
+    from vidprune.store import ResultStore
+    from vidprune.sweep import expand_points
 
     check_table_format(fmt)
     method_cls = registry.get_method(method)
@@ -80,7 +84,7 @@ def eval_(
                          method_cls=method_cls, backbone=backbone, frames=frames, size=size, classes=classes,
                          attention=attention, seed=seed, warn=warn, say=say)
     # fidelity comes from the dataset pass, on real clips, not from generated ones
-    metric_list = tuple(m.strip() for m in metrics.split(",") if m.strip() and m.strip() != "fidelity")
+    metric_list = without_dataset_measured(parse_metrics(metrics))
     options = parse_set(set_ or [], method_cls)
     spec = SweepSpec(method=method, keeps=parse_keeps(keep) if keep else [], backbone=setup.backbone,
                      frames=setup.frames, size=setup.size, classes=setup.classes, batch=1, device=device,
@@ -93,20 +97,21 @@ def eval_(
                               warn=warn)
     info, backbone, views = setup.model.info, setup.backbone, result.views
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
-    path = out / result_filename(f"eval-{method}", backbone, info.frames, info.size, str(runner.device), spec.dtype,
-                                 torch.__version__, stamp, fmt)
+    name = result_filename(f"eval-{method}", backbone, info.frames, info.size, str(runner.device), spec.dtype,
+                           torch.__version__, stamp, fmt)
+    store = ResultStore.reserve(out, name)  # a new table, never another run's of the same second
+    path = store.path
     rows = []
     for point, columns in zip(points, result.columns):
         if metric_list:
             row = runner.measure(point)
         else:
             instance = build_method(setup.model, point.method, point.keep, point.options, seed)
-            row = {**runner.shared, "method": point.method, "keep": 1.0 if point.keep is None else point.keep,
-                   "knob": instance.knob.name if instance.knob else "", "frames": info.frames, "size": info.size,
-                   "options": json.dumps(instance.describe(), sort_keys=True), "status": "ok", "error": "",
-                   "notes": "", "timestamp": now()}
+            row = point_row(spec, point, runner.shared)
+            row.update(knob=instance.knob.name if instance.knob else "", frames=info.frames, size=info.size,
+                       options=json.dumps(instance.describe(), sort_keys=True))
         rows.append(dataset_row(row, setup, result, columns))
-        write_table(rows, path)
+        store.add(rows[-1:])  # on disk as soon as it is measured
 
     table = Table(title=f"{method} on {backbone} ({result.videos} videos x {views} views, {runner.device})")
     for col in ("method", "keep", "gflops", "top1", "top5", "mean class acc", "agreement", "kl", "cosine", "status"):

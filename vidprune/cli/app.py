@@ -96,7 +96,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def single_options(items: List[str], method_cls, several: str) -> dict:
     """`--set name=value` items into {name: value} for a command that builds one model. `several` is the
     error for an option given several values, formatted with {name}, {values} and {first}."""
-    from vidprune.sweep import parse_set
+    from vidprune.spec import parse_set
 
     options = {}
     for name, values in parse_set(items, method_cls).items():
@@ -109,16 +109,8 @@ def single_options(items: List[str], method_cls, several: str) -> dict:
 # ------------------------------------------------------------------------------------- shared options
 # Each option below is used by more than one command, declared once so its name and help never drift.
 # Where commands mean something different by a flag (--backbone's default, --batch), each keeps its own.
-
-# execution: sweep, profile
-AUTOCAST_OPTION = typer.Option(False, "--autocast", help="keep fp32 weights and run under torch.autocast in --dtype "
-                               "(default: cast the weights to --dtype)")
-COMPILE_OPTION = typer.Option(False, "--compile", help="torch.compile each model before timing (the warm-up compiles "
-                              "every token-count shape)")
-POWER_OPTION = typer.Option(False, "--power", help="average watts and joules per clip over a timed window (NVML on "
-                            "NVIDIA GPUs, tegrastats on Jetson)")
-PEAK_OPTION = typer.Option(False, "--peak", help="achieved FLOP/s as a fraction of a GEMM microbenchmark in --dtype "
-                           "(column peak_fraction)")
+# The sweep settings' options (--autocast, --compile, ...) are declared on their SweepSpec fields and built
+# by cli/settings.py.
 
 # one model's settings, with plain defaults: profile, eval
 DEVICE_OPTION = typer.Option("auto", "--device", help="cpu | cuda | cuda:N | mps | auto")

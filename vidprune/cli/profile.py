@@ -10,9 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vidprune.cli.app import (ATTENTION_OPTION, AUTOCAST_OPTION, COMPILE_OPTION, DEVICE_OPTION, DTYPE_OPTION,
-                              FRAMES_OPTION, PEAK_OPTION, POWER_OPTION, SET_ONE_OPTION, SIZE_OPTION, app, console,
-                              single_options, user_errors)
+from vidprune.cli.app import (ATTENTION_OPTION, DEVICE_OPTION, DTYPE_OPTION, FRAMES_OPTION, SET_ONE_OPTION,
+                              SIZE_OPTION, app, console, single_options, user_errors)
+from vidprune.cli.settings import option
 from vidprune.errors import VidpruneError
 
 
@@ -32,16 +32,18 @@ def profile(
     attention: str = ATTENTION_OPTION,
     repeats: Optional[int] = typer.Option(None, "--repeats"),
     warmup: Optional[int] = typer.Option(None, "--warmup"),
-    autocast: bool = AUTOCAST_OPTION,
-    compile_: bool = COMPILE_OPTION,
-    power: bool = POWER_OPTION,
-    peak: bool = PEAK_OPTION,
+    autocast: bool = option("autocast"),
+    compile_: bool = option("compile"),
+    power: bool = option("power"),
+    peak: bool = option("peak"),
     as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON instead of tables"),
 ) -> None:
     """Show the device and environment, then GFLOPs, params, latency, memory, throughput and fidelity of one
     model; with --peak, the device's GEMM throughput and the fraction of it the model achieves."""
     from vidprune import registry
-    from vidprune.sweep import Point, Runner, SweepSpec, parse_keeps
+    from vidprune.metrics import labelled_columns
+    from vidprune.runner import Runner
+    from vidprune.spec import Point, SweepSpec, parse_keeps
 
     method_cls = registry.get_method(method)
     options = single_options(set_ or [], method_cls, "profile measures one point: --set {name} takes one value, "
@@ -78,21 +80,9 @@ def profile(
         res = Table(title=f"{backbone} + {method}" + (f" (keep {keep:g})" if keep is not None and method != "none" else ""))
         res.add_column("measure")
         res.add_column("value", justify="right")
-        for key, label, fmtstr in [("gflops", "GFLOPs (1 MAC = 1 FLOP, per clip)", "{:.2f}"),
-                                   ("gflops_fvcore", "GFLOPs, fvcore", "{:.2f}"), ("gflops_thop", "GFLOPs, thop", "{:.2f}"),
-                                   ("params_m", "parameters (M)", "{:.2f}"), ("latency_ms", "latency median (ms)", "{:.2f}"),
-                                   ("latency_iqr_ms", "latency IQR (ms)", "{:.2f}"),
-                                   ("peak_mem_mib", "peak memory added (MiB)", "{:.1f}"),
-                                   ("throughput", "throughput (clips/s)", "{:.2f}"),
-                                   ("throughput_batch", "batch", "{}"), ("tokens_per_block", "tokens per block", "{}"),
-                                   ("agreement", "agreement with unpruned (generated clips, random weights: fragile)", "{:.3f}"),
-                                   ("kl", "KL to unpruned (nats)", "{:.4f}"), ("cosine", "feature cosine to unpruned", "{:.4f}"),
-                                   ("power_w", "average power (W)", "{:.1f}"),
-                                   ("energy_j_per_clip", "energy per clip (J)", "{:.3f}"),
-                                   ("power_source", "power source", "{}"),
-                                   ("peak_fraction", "achieved / peak GEMM FLOP/s", "{:.1%}")]:
-            if row.get(key) is not None:
-                res.add_row(label, fmtstr.format(row[key]))
+        for column in labelled_columns():
+            if row.get(column.name) is not None:
+                res.add_row(column.label, column.fmt.format(row[column.name]))
         if peak_result is not None:
             res.add_row(f"peak GEMM ({peak_result.size}^3, {row['dtype']})",
                         f"{peak_result.macs_per_s / 1e9:.1f} GMAC/s (1 MAC = 1 FLOP)")

@@ -11,40 +11,26 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vidprune.cli.app import (AUTOCAST_OPTION, CHECKPOINT_OPTION, CLIPS_OPTION, COMPILE_OPTION, CROPS_OPTION,
-                              DATA_OPTION, LIMIT_OPTION, NORM_OPTION, OUT_OPTION, PEAK_OPTION, POWER_OPTION,
-                              ROOT_OPTION, SAMPLING_OPTION, SHORT_SIDE_OPTION, STRIDE_OPTION, TABLE_FORMAT_OPTION,
-                              TRUST_OPTION, WORKERS_OPTION, app, check_table_format, console, err_console,
-                              progress_task, say, user_errors, warn)
+from vidprune.cli.app import (CHECKPOINT_OPTION, CLIPS_OPTION, CROPS_OPTION, DATA_OPTION, LIMIT_OPTION, NORM_OPTION,
+                              OUT_OPTION, ROOT_OPTION, SAMPLING_OPTION, SHORT_SIDE_OPTION, STRIDE_OPTION,
+                              TABLE_FORMAT_OPTION, TRUST_OPTION, WORKERS_OPTION, app, check_table_format, console,
+                              err_console, progress_task, say, user_errors, warn)
+from vidprune.cli.settings import SettingsGroup, given, with_settings
+from vidprune import notes
 from vidprune.errors import VidpruneError
-
-
-def _csv_list(text: Optional[str]) -> list[str]:
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
 @app.command()
 @user_errors
+@with_settings
 def sweep(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="method to sweep (see `vidprune list`)"),
     keep: Optional[str] = typer.Option(None, "--keep", "-k",
                                        help="knob values: 0.6,0.7,0.8 or a range 0.5:0.9:0.1 (default: the method's default)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="method option, name=value or a grid name=a,b (repeatable)"),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe under recipes/; flags given here override it"),
-    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="backbone (default: the method's, vit-b for evad)"),
-    frames: Optional[int] = typer.Option(None, "--frames", help="frames per clip (default: the backbone's, 16)"),
-    size: Optional[int] = typer.Option(None, "--size", help="input height = width in pixels (default 224)"),
-    classes: Optional[int] = typer.Option(None, "--classes", help="classifier classes (default 400)"),
-    batch: Optional[int] = typer.Option(None, "--batch", help="clips per forward for latency/throughput (default 1)"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda | cuda:N | mps | auto (default auto)"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | fp16 | bf16 (default fp32)"),
-    attention: Optional[str] = typer.Option(None, "--attention", help="sdpa (fused) | math (explicit) (default sdpa)"),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="subset of flops,fvcore,params,latency,memory,"
-                                          "throughput,fidelity (default all; flops alone takes seconds)"),
-    repeats: Optional[int] = typer.Option(None, "--repeats", help="timed runs per point (default 5 on CPU, 30 on GPU, "
-                                          "more for fast models: at least 1 s of timed runs)"),
-    warmup: Optional[int] = typer.Option(None, "--warmup", help="untimed warm-up runs (default 2 on CPU, 10 on GPU)"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="seed for inputs and random choices (default 0)"),
+    # --backbone ... --seed: the sweep settings of group "model" (vidprune/spec.py)
+    model_settings: dict = SettingsGroup("model"),
     out: Path = OUT_OPTION,
     fmt: str = TABLE_FORMAT_OPTION,
     resume: bool = typer.Option(False, "--resume", help="continue the newest table of this sweep in --out: "
@@ -58,12 +44,8 @@ def sweep(
                                                 "needs, e.g. jetson=1"),
     slurm_option: Optional[List[str]] = typer.Option(None, "--slurm-option", help="submitit parameter key=value "
                                                      "(repeatable), e.g. slurm_partition=gpu, timeout_min=120"),
-    autocast: bool = AUTOCAST_OPTION,
-    compile_: bool = COMPILE_OPTION,
-    power: bool = POWER_OPTION,
-    peak: bool = PEAK_OPTION,
-    fidelity_clips: Optional[int] = typer.Option(None, "--fidelity-clips", help="generated clips for agreement/kl/"
-                                                 "cosine when no --data (default 4 on CPU, 32 on GPU)"),
+    # --autocast ... --fidelity-clips: the sweep settings of group "run"
+    run_settings: dict = SettingsGroup("run"),
     data: Optional[Path] = DATA_OPTION,
     root: Optional[Path] = ROOT_OPTION,
     checkpoint: Optional[Path] = CHECKPOINT_OPTION,
@@ -84,11 +66,13 @@ def sweep(
     from vidprune import models
     from vidprune.accuracy import dataset_row, evaluate_dataset, open_dataset
     from vidprune.executors import EXECUTORS, REMOTE_EXECUTORS, parse_resources, parse_slurm_options
-    from vidprune.recipes import load_recipe
+    from vidprune.metrics import selectable, without_dataset_measured
+    from vidprune.recipes import load_recipe, recipe_settings
     from vidprune.report.tables import render_rich, summary_table
     from vidprune.results import read_tables, result_filename
     from vidprune.store import ResultStore
-    from vidprune.sweep import ALL_METRICS, SweepSpec, config_hash, expand_points, parse_keeps, parse_set, run_sweep
+    from vidprune.spec import SweepSpec, config_hash, parse_keeps, parse_set
+    from vidprune.sweep import expand_points, run_sweep
 
     check_table_format(fmt)
     if isolate:
@@ -108,27 +92,14 @@ def sweep(
     references: list = []
     if recipe is not None:
         loaded = load_recipe(recipe)
-        base = dict(loaded["sweep"])
+        base = recipe_settings(loaded)
         references = loaded["references"]
-        if "keep" in base:
-            base["keeps"] = parse_keeps(",".join(str(k) for k in base.pop("keep")) if isinstance(base["keep"], list)
-                                        else str(base.pop("keep")))
-        base["options"] = dict(base.get("options") or {})
-        if "metrics" in base and isinstance(base["metrics"], str):
-            base["metrics"] = _csv_list(base["metrics"])
     if method is None and "method" not in base:
         raise VidpruneError("no method given. Use --method evad (see `vidprune list`) or --recipe recipes/<file>.yaml.")
-    overrides = dict(method=method, backbone=backbone, frames=frames, size=size, classes=classes, batch=batch,
-                     device=device, dtype=dtype, attention=attention, repeats=repeats, warmup=warmup, seed=seed,
-                     autocast=autocast or None, compile=compile_ or None, power=power or None, peak=peak or None,
-                     fidelity_clips=fidelity_clips)
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    # flags given here override the recipe
+    base.update(given({"method": method, **model_settings, **run_settings}))
     if keep is not None:
         base["keeps"] = parse_keeps(keep)
-    if metrics is not None:
-        base["metrics"] = _csv_list(metrics)
-    if "metrics" in base:
-        base["metrics"] = tuple(base["metrics"])
     method_cls = registry.get_method(base["method"])
     # A recipe's YAML list is a grid for a grid option and one value (e.g. layers: [4, 7, 10]) otherwise.
     grid_of = {o.name: o.grid for o in method_cls.options}
@@ -147,7 +118,7 @@ def sweep(
             warn=warn, say=say)
         base.update(backbone=setup.backbone, frames=setup.frames, size=setup.size, classes=setup.classes)
         # fidelity comes from the dataset pass, on real clips, instead of generated ones
-        base["metrics"] = tuple(m for m in base.get("metrics", ALL_METRICS) if m != "fidelity")
+        base["metrics"] = without_dataset_measured(base.get("metrics", selectable()))
     elif checkpoint is not None:
         raise VidpruneError("--checkpoint in a sweep needs a dataset to evaluate on: add --data LIST --root DIR "
                             "(or use `vidprune eval`).")
@@ -211,12 +182,17 @@ def sweep(
     title = f"{spec.method} on {spec.backbone} ({device_tag}, {spec.dtype}, batch {spec.batch})"
     console.print(render_rich(summary_table(df), title=title))
     console.print("GFLOPs: 1 multiply-accumulate = 1 FLOP, per clip, per view (primary counter: torch.utils.flop_counter).")
-    # sweep.py joins a row's notes with " | " (a single note may itself contain "; ")
-    all_notes = [n for cell in df["notes"].dropna() for n in str(cell).split(" | ") if n]
-    for note in dict.fromkeys(n for n in all_notes if not n.startswith("thop reads")):
-        console.print(f"[yellow]note:[/yellow] {escape(note)}")
-    if any(n.startswith("thop reads") for n in all_notes):
-        console.print("note: thop reads lower than the primary counter: it hooks modules only and misses the attention matmuls.")
+    # Each note once; a kind with a summary (thop reading low) says it once for the table instead.
+    all_notes = [n for cell in df["notes"].dropna() for n in notes.split_cell(cell)]
+    summaries = {}
+    for note in dict.fromkeys(all_notes):
+        kind = notes.kinds().get(notes.code_of(note))
+        if kind is not None and kind.summary:
+            summaries.setdefault(kind.code, kind.summary)
+        else:
+            console.print(f"[yellow]note:[/yellow] {escape(note)}")
+    for summary in summaries.values():
+        console.print(f"note: {summary}")
     if "fidelity_source" in df.columns and (df["fidelity_source"] == "generated clips").any():
         console.print("note: agreement/cosine compare each point with the unpruned model on generated clips "
                       "and random weights: they say how far a method moves the model, not task accuracy; "

@@ -18,7 +18,10 @@ import torch
 
 from vidprune.errors import VidpruneError
 
-_DEVICE_SPECS = "cpu, cuda, cuda:N, mps, auto"
+DEVICE_CHOICES = "cpu, cuda, cuda:N, mps, auto"
+# What --device accepts, checked without touching the hardware: a recipe is checked wherever it is read,
+# and a driver that hands points to Ray or Slurm need not have the device it asks for.
+DEVICE_SYNTAX = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 _DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -43,6 +46,11 @@ def _mps_available() -> bool:
 
 def _torch_build() -> str:
     return f"torch {torch.__version__}"
+
+
+def is_device_name(text) -> bool:
+    """Whether `text` is a --device value (any machine's), e.g. `cuda:1`; says nothing about this machine."""
+    return isinstance(text, str) and DEVICE_SYNTAX.fullmatch(text.strip().lower()) is not None
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -87,7 +95,7 @@ def resolve_device(spec: str) -> torch.device:
                 "Pick one of those, or use --device cuda."
             )
         return torch.device("cuda", index)
-    raise VidpruneError(f"unknown device '{spec}'. Use one of: {_DEVICE_SPECS}.")
+    raise VidpruneError(f"unknown device '{spec}'. Use one of: {DEVICE_CHOICES}.")
 
 
 def synchronize(device: torch.device | str) -> None:

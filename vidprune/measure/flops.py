@@ -31,6 +31,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from vidprune.notes import FVCORE_DIFFERS, FVCORE_FAILED, THOP_FAILED, THOP_LOW
+
 AGREEMENT_TOLERANCE = 0.01  # counters more than 1% apart get a note in the output
 
 
@@ -207,21 +209,16 @@ def count_flops(model: nn.Module, counters: Sequence[str] = ("torch", "fvcore", 
         try:
             report.gflops_fvcore, report.fvcore_unsupported = count_fvcore(model, inputs)
         except Exception as exc:  # a counter failing must not lose the point; it is reported instead
-            report.notes.append(f"fvcore failed: {type(exc).__name__}: {exc}")
+            report.notes.append(FVCORE_FAILED(error=f"{type(exc).__name__}: {exc}"))
     if "thop" in counters:
         try:
             report.gflops_thop = count_thop(model, inputs, shapes_only=shapes_only)
         except Exception as exc:
-            report.notes.append(f"thop failed: {type(exc).__name__}: {exc}")
+            report.notes.append(THOP_FAILED(error=f"{type(exc).__name__}: {exc}"))
     if report.gflops_fvcore is not None and not report.counters_agree:
-        report.notes.append(
-            f"fvcore ({report.gflops_fvcore:.3f}) and the primary counter ({report.gflops:.3f}) differ by "
-            f"{100 * relative_gap(report.gflops, report.gflops_fvcore):.1f}% (fvcore unsupported ops: "
-            f"{', '.join(report.fvcore_unsupported) or 'none'})"
-        )
+        report.notes.append(FVCORE_DIFFERS(fvcore=report.gflops_fvcore, primary=report.gflops,
+                                           percent=100 * relative_gap(report.gflops, report.gflops_fvcore),
+                                           unsupported=", ".join(report.fvcore_unsupported) or "none"))
     if report.gflops_thop is not None and relative_gap(report.gflops, report.gflops_thop) > AGREEMENT_TOLERANCE:
-        report.notes.append(
-            f"thop reads {report.gflops_thop:.3f} vs {report.gflops:.3f}: it hooks modules only and misses the "
-            "attention matmuls (see docs/measurement.md)"
-        )
+        report.notes.append(THOP_LOW(thop=report.gflops_thop, primary=report.gflops))
     return report

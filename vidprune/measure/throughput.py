@@ -13,6 +13,7 @@ from typing import Callable, TypeVar
 import torch
 
 from vidprune.errors import VidpruneError
+from vidprune.notes import BATCH_HALVED
 
 T = TypeVar("T")
 
@@ -74,7 +75,7 @@ def run_with_batch_backoff(
         failed = current
         current = max(current // 2, min_batch)
         _release_cached_memory()
-        notes.append(f"batch {failed} ran out of memory; retried at {current}")
+        notes.append(BATCH_HALVED(failed=failed, retried=current))
 
 
 __all__ = ["is_out_of_memory", "run_with_batch_backoff"]

@@ -18,31 +18,21 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vidprune.errors import VidpruneError  # noqa: E402
+from vidprune.metrics import axis_labels  # noqa: E402
 from vidprune.report.groups import (  # noqa: E402
     LEFT_OUT_COLUMNS, ConfigGroup, axes_left_out, group_rows, is_missing, left_out_records, status_of,
 )
 from vidprune.report.pareto import pareto_mask  # noqa: E402
 from vidprune.results import COST_COLUMNS, QUALITY_COLUMNS, REFERENCE_METHOD  # noqa: E402
 
+# The measured columns' labels come from the metric table (vidprune/metrics.py).
 AXIS_LABELS = {
-    "gflops": "GFLOPs (1 MAC = 1 FLOP, per clip)",
-    "gflops_fvcore": "GFLOPs, fvcore (1 MAC = 1 FLOP, per clip)",
-    "gflops_thop": "GFLOPs, thop (1 MAC = 1 FLOP, per clip)",
-    "latency_ms": "latency (ms, median)",
-    "throughput": "throughput (clips/s)",
-    "peak_mem_mib": "peak memory (MiB)",
-    "params_m": "parameters (M)",
-    "tokens_final": "tokens after the last block",
+    **axis_labels(),
     "accuracy": "accuracy",
     "top1": "top-1 accuracy",
     "top5": "top-5 accuracy",
-    "agreement": "agreement with the unpruned model",
-    "kl": "KL(unpruned || pruned), nats",
-    "cosine": "cosine similarity of pooled features to the unpruned model",
     "speedup_flops": "theoretical speedup (reference GFLOPs / GFLOPs)",
     "speedup_latency": "realized speedup (reference latency / latency)",
-    "energy_j_per_clip": "energy per clip (J)",
-    "power_w": "average power (W)",
 }
 SPEEDUP_COLUMNS = ("speedup_flops", "speedup_latency")
 
