@@ -66,7 +66,7 @@ def sweep(
                                                  "cosine when no --data (default 4 on CPU, 32 on GPU)"),
     data: Optional[Path] = DATA_OPTION,
     root: Optional[Path] = ROOT_OPTION,
-    checkpoint: Optional[Path] = CHECKPOINT_OPTION,
+    checkpoint: Optional[str] = CHECKPOINT_OPTION,
     sampling: str = SAMPLING_OPTION,
     stride: int = STRIDE_OPTION,
     clips: int = CLIPS_OPTION,
