@@ -376,17 +376,16 @@ def settle_backbone(model: HubModel, backbone: Optional[str] = None) -> str:
                             f"({model.arguments}) cannot be built: not supported by the '{model.family}' backbone class.")
     if backbone is not None:
         spec = registry.get_backbone(backbone)
-        settled = settle_backbone(model)
         if spec.family != model.family:
             raise VidpruneError(f"--backbone {backbone} is a '{spec.family}' backbone but {model.source} is a "
                                 f"{model.architecture.name} model ('{model.family}' family): leave --backbone out "
-                                f"(its config.json decides: {settled}).")
+                                f"(its config.json decides: {settle_backbone(model)}).")
         candidate = _registered_at(spec, model)
         if candidate is None or not same_architecture(candidate, wanted):
             theirs = describe(candidate) if candidate is not None else "cannot be built at that geometry"
             raise VidpruneError(f"--backbone {backbone} ({theirs}) is not the architecture of {model.source}'s "
                                 f"config.json ({describe(wanted)}): leave --backbone out (its config.json decides: "
-                                f"{settled}).")
+                                f"{settle_backbone(model)}).")
         return backbone
     for name, spec in registry.backbones().items():
         if spec.family == model.family:
