@@ -15,13 +15,13 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Optional
+from typing import Callable, ContextManager, Optional, Union
 
-from vidprune import models
+from vidprune import hub, models
 from vidprune.checkpoints import read_checkpoint, restore_method_state
-from vidprune.data.datasets import VideoDataset, make_loader, open_video_list
+from vidprune.data.datasets import VideoDataset, VideoList, VideoSample, make_loader, open_video_list
 from vidprune.data.samplers import make_sampler
-from vidprune.data.transforms import ClipTransform, resolve_normalization
+from vidprune.data.transforms import ClipTransform, resolve_normalization, statistics_name
 from vidprune.errors import VidpruneError
 from vidprune.evaluate import build_method, evaluate_methods
 from vidprune.notes import VIDEOS_SKIPPED, join as join_notes
@@ -49,13 +49,15 @@ class DatasetSetup:
     """A labelled dataset and the weights to evaluate on it."""
     videos: object  # vidprune.data.datasets.VideoList
     raw: object  # vidprune.checkpoints.RawCheckpoint or None
-    checkpoint: Optional[Path]
+    checkpoint: Optional[Union[str, Path]]  # as given: a path or hf:ORG/NAME
     backbone: str
     frames: Optional[int]
     size: Optional[int]
     classes: int
     model: object  # the backbone with its weights loaded and no method in place
     notes: list = field(default_factory=list)
+    # the checkpoint's preprocessor config (hub models): statistics and resize for --norm auto / no --short-side
+    preprocessing: Optional[hub.Preprocessing] = None
 
 
 @dataclass
@@ -95,11 +97,39 @@ def open_dataset(*, data, root, checkpoint, trust_checkpoint: bool, method_cls, 
         warn("no --checkpoint: random weights, so accuracy is chance level; agreement/kl/cosine still say how "
              "far each method moves the model")
         notes.append("random weights (no checkpoint)")
+    if model.class_names is not None:
+        shown = ", ".join(model.class_names[:5]) + (", ..." if len(model.class_names) > 5 else "")
+        say(f"  class names: {len(model.class_names)} from the checkpoint's config.json ({shown})")
+        videos = _by_class_name(videos, model.class_names, warn, say)
     if videos.num_classes > model.classes:
         raise VidpruneError(f"the dataset has {videos.num_classes} classes but the model predicts {model.classes}: "
                             "pass the matching checkpoint or --classes.")
+    preprocessing = hub.preprocessing(raw.meta) if raw is not None else None
+    if preprocessing is not None:
+        say(f"  preprocessing from the checkpoint's preprocessor config: {preprocessing.describe()} "
+            "(used where --norm is auto and --short-side unset)")
     return DatasetSetup(videos, raw, checkpoint, model.backbone_name, model.info.frames, model.info.size, model.classes,
-                        model, notes)
+                        model, notes, preprocessing)
+
+
+def _by_class_name(videos: VideoList, model_names: list, warn: Callable[[str], None],
+                   say: Callable[[str], None]) -> VideoList:
+    """The dataset's labels as the model's class indices, matched by name when the dataset names its
+    classes (a list with names, classes.txt, class folders); a dataset of bare indices is left as it is."""
+    names = videos.class_names
+    if all(name == str(i) for i, name in enumerate(names)):
+        return videos
+    mapping = hub.match_labels(names, model_names)
+    if mapping is None:
+        unknown = [n for n in names if hub.match_labels([n], model_names) is None]
+        warn(f"{len(unknown)} of the dataset's {len(names)} class names are not among the checkpoint's labels "
+             f"(first: '{unknown[0]}'): its labels are taken as the model's class indices")
+        return videos
+    moved = sum(i != j for i, j in mapping.items())
+    say(f"  the dataset's {len(names)} classes matched to the checkpoint's labels by name"
+        + (f" ({moved} at another index than in the dataset)" if moved else ""))
+    samples = [VideoSample(s.path, mapping[s.label], s.where) for s in videos.samples]
+    return VideoList(samples, list(model_names), videos.bad_lines, videos.source)
 
 
 def evaluate_dataset(setup: DatasetSetup, points, *, device, dtype, seed: int, sampling: str, stride: int,
@@ -117,9 +147,14 @@ def evaluate_dataset(setup: DatasetSetup, points, *, device, dtype, seed: int, s
             restore_method_state(raw, instance)
     model = model.to(device=device, dtype=dtype)
     info = model.info
+    preprocessing = setup.preprocessing
     if norm == "auto" and raw is not None and raw.meta.get("normalization"):
         norm = raw.meta["normalization"]  # what `vidprune train` used for this checkpoint
+    elif norm == "auto" and preprocessing is not None and preprocessing.mean is not None:
+        norm = statistics_name(preprocessing.mean, preprocessing.std, f"{raw.meta.get('source') or raw.path} preprocessor")
     normalization = resolve_normalization(norm, info.family)
+    if short_side is None and preprocessing is not None:
+        short_side = preprocessing.short_side_for(info.size)
     sampler = make_sampler(sampling, info.frames, stride)
     transform = ClipTransform(info.size, short_side=short_side, normalization=normalization, num_crops=crops)
     samples = setup.videos.samples[:limit] if limit else setup.videos.samples

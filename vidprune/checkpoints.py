@@ -1,23 +1,24 @@
 """Read checkpoints and load them into vidprune backbones: the generic part, for every family.
 
-This module reads files (`.pth`/`.pt`/`.bin`, safetensors, Hugging Face model folders; pickles only with
-trust), unwraps the state dict from training scripts' nesting, keeps the registry of checkpoint layouts
-and detects which one a state dict is in, and loads: names and shapes checked in one `VidpruneError`
-listing missing, unexpected and mis-shaped tensors, the classifier required or optional, a `LoadReport`,
-and a method's own trained parameters kept apart (`method_state`, `restore_method_state`).
+This module reads files (`.pth`/`.pt`/`.bin`, safetensors, Hugging Face model folders, hub models by name
+through `vidprune.hub`; pickles only with trust), unwraps the state dict from training scripts' nesting,
+keeps the registry of checkpoint layouts and detects which one a state dict is in, and loads: names and
+shapes checked in one `VidpruneError` listing missing, unexpected and mis-shaped tensors, the classifier
+required or optional, a `LoadReport`, and a method's own trained parameters kept apart (`method_state`,
+`restore_method_state`).
 
 The layouts themselves live beside their backbone family: a `CheckpointLayout` is a (detect, convert)
 pair, plus optional hooks that fit the converted tensors to the model's input geometry, registered with
 `register_layout` when the family's module is imported (`vidprune/backbones/vit_weights.py`: VideoMAE
-and Hugging Face VideoMAE; `vidprune/backbones/clip_weights.py`: OpenAI / open_clip and Hugging Face
-CLIP). The registry imports those modules on first use, so this module never names a family, and
-`infer_backbone` / `checkpoint_classes` ask whichever registered layouts recognise a state dict.
+and Hugging Face VideoMAE; `vidprune/backbones/timesformer_weights.py`: official and Hugging Face
+TimeSformer; `vidprune/backbones/clip_weights.py`: OpenAI / open_clip and Hugging Face CLIP). The
+registry imports those modules on first use, so this module never names a family, and `infer_backbone` /
+`checkpoint_classes` ask whichever registered layouts recognise a state dict.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from vidprune import registry
+from vidprune import hub, registry
 from vidprune.errors import VidpruneError
 
 # Keys under which training scripts nest the weights, tried in this order (VideoMAE: model or module).
@@ -128,24 +129,33 @@ def _strip_wrapping(state: dict) -> dict:
 
 
 def read_checkpoint(source: str | Path | dict, trust: bool = False) -> RawCheckpoint:
-    """Tensors of a checkpoint file (.pth/.pt/.bin/.safetensors or a Hugging Face folder) or an in-memory dict."""
+    """Tensors of a checkpoint file (.pth/.pt/.bin/.safetensors), a Hugging Face model folder, a hub model
+    `hf:ORG/NAME[@REVISION]` (downloaded through the hub cache, `vidprune.hub`) or an in-memory dict.
+
+    A folder's config.json (and preprocessor config) go into `meta` (`hub.folder_metadata`), with where the
+    model came from (`meta["source"]`: the hf: name, or the folder); `path` is the hf: name or the file."""
     if isinstance(source, dict):
         state, top = unwrap_state_dict(source)
         meta = top.get("vidprune", {}) if isinstance(top, dict) else {}
         return RawCheckpoint(state, "", dict(meta))
+    named = None
+    if hub.is_hub_ref(source):
+        named = str(hub.parse_ref(source))
+        source = hub.download(named)
     path = _resolve_file(Path(source))
     if path.suffix == ".safetensors":
         state, top = _load_safetensors(path), {}
     else:
         state, top = unwrap_state_dict(_torch_load(path, trust), f"checkpoint '{path}'")
     meta: dict = dict(top.get("vidprune", {})) if isinstance(top, dict) else {}
-    config = path.parent / "config.json"
-    if not meta and config.is_file():
+    if not meta and (path.parent / hub.CONFIG_FILE).is_file():
         try:
-            meta = {"hf_config": json.loads(config.read_text())}
-        except (OSError, json.JSONDecodeError):
-            meta = {}
-    return RawCheckpoint(state, str(path), meta)
+            meta = hub.folder_metadata(path.parent, named or str(path.parent.resolve()))
+        except VidpruneError:
+            if named:
+                raise
+            meta = {}  # an unreadable config.json beside a local file: the tensors alone decide
+    return RawCheckpoint(state, named or str(path), meta)
 
 
 # ------------------------------------------------------------------------------------------ layouts

@@ -17,6 +17,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from vidprune import hub
 from vidprune.checkpoints import (RawCheckpoint, checkpoint_classes, checkpoint_geometry, infer_backbone,
                                   load_checkpoint, read_checkpoint, restore_method_state)
 from vidprune.errors import VidpruneError
@@ -37,11 +38,14 @@ def create_model(backbone: Optional[str] = None, method: str = REFERENCE_METHOD,
     Without `checkpoint` the weights are random (seeded by `seed`), `backbone` defaults to the method's
     `default_backbone` and `classes` to 400.
 
-    `checkpoint`: a file (.pth/.pt/.bin/.safetensors), a Hugging Face model folder, a state dict, or a
-    `checkpoints.RawCheckpoint` already read (`trust_checkpoint`: unpickle Python objects, see
-    `checkpoints.read_checkpoint`). What is left as None comes from it: the backbone its metadata names or
-    its tensors show, the frames and size its metadata or config.json record, the classes of its
-    classifier. A value passed explicitly wins where the weights can follow it (another frame count or
+    `checkpoint`: a file (.pth/.pt/.bin/.safetensors), a Hugging Face model folder, a hub model
+    `hf:ORG/NAME[@REVISION]` (`vidprune.hub`), a state dict, or a `checkpoints.RawCheckpoint` already read
+    (`trust_checkpoint`: unpickle Python objects, see `checkpoints.read_checkpoint`). What is left as None
+    comes from it: the backbone its metadata names or its tensors show, the frames and size its metadata or
+    config.json record, the classes of its classifier. A config.json written by transformers decides the
+    architecture (`hub.settle_backbone`: the registered backbone with exactly that architecture, else
+    '<family>(<source>)' built at the config's dimensions); its `id2label` names become
+    `model.class_names`. A value passed explicitly wins where the weights can follow it (another frame count or
     size: position tables are resized; another class count with head="optional": a fresh classifier);
     where they cannot, the VidpruneError names both (the backbone the tensors are those of, the classes of
     the checkpoint's classifier). The weights are then loaded (`head`: "require" when the classifier must
@@ -53,10 +57,21 @@ def create_model(backbone: Optional[str] = None, method: str = REFERENCE_METHOD,
         raise ValueError("head must be 'require' or 'optional'")
     method_cls = get_method(method)
     raw = None
+    differs: list[str] = []  # explicit geometry the checkpoint's config.json records otherwise
     if checkpoint is not None:
         raw = checkpoint if isinstance(checkpoint, RawCheckpoint) else read_checkpoint(checkpoint, trust=trust_checkpoint)
-        backbone = backbone or _checkpoint_backbone(raw)
-        recorded_frames, recorded_size = checkpoint_geometry(raw)
+        config = hub.transformers_config(raw.meta)
+        if config is not None:
+            # a transformers config.json decides the architecture; frames and size are its unless passed
+            described = hub.describe_config(config, raw.meta.get("source") or raw.path or "the checkpoint")
+            backbone = hub.settle_backbone(described, backbone)
+            recorded_frames, recorded_size = described.frames, described.size
+            differs = [f"{what} {asked} (its config.json: {recorded})" for what, asked, recorded in
+                       (("frames", frames, recorded_frames), ("size", size, recorded_size))
+                       if asked is not None and recorded is not None and asked != recorded]
+        else:
+            backbone = backbone or _checkpoint_backbone(raw)
+            recorded_frames, recorded_size = checkpoint_geometry(raw)
         frames = frames if frames is not None else recorded_frames
         size = size if size is not None else recorded_size
         if classes is None:
@@ -86,7 +101,13 @@ def create_model(backbone: Optional[str] = None, method: str = REFERENCE_METHOD,
     model.backbone_name = backbone
     if raw is not None:
         model.checkpoint_report = load_checkpoint(model, raw, head=head)
+        if differs:
+            model.checkpoint_report.notes.append(f"built at {', '.join(differs)} as asked; the position tables "
+                                                 "follow, but accuracy may differ from the model's own geometry")
         restore_method_state(raw, model.method)
+        names = hub.label_names(raw.meta)
+        if names is not None and len(names) == model.classes and model.checkpoint_report.head_loaded:
+            model.class_names = names
     return model.eval()
 
 

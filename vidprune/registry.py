@@ -238,6 +238,12 @@ _FAMILIES: dict[str, BackboneFamily] = {}
 _BACKBONES: dict[str, BackboneSpec] = {}
 _METHODS: dict[str, type] = {}
 _loaded = False
+# Backbones that are not declared one by one but named after where their architecture is described, such as
+# 'vit(hf:MCG-NJU/videomae-base)' (a Hugging Face config.json, vidprune.hub): a resolver turns such a name
+# into a BackboneSpec, or returns None for names it does not handle. Resolved specs are kept apart from the
+# declared ones, so `backbones()` (what `vidprune list` shows and checkpoints are matched against) is unchanged.
+_RESOLVERS: list[Callable[[str], Optional[BackboneSpec]]] = []
+_RESOLVED: dict[str, BackboneSpec] = {}
 
 
 def register_family(name: str, *, normalization: str = "imagenet", example_backbone: str = "") -> None:
@@ -253,6 +259,13 @@ def register_backbone(name: str, family: str, build: Callable[..., nn.Module], d
     if name in _BACKBONES:
         raise ValueError(f"backbone {name!r} registered twice")
     _BACKBONES[name] = BackboneSpec(name, family, build, description, defaults, tiny)
+
+
+def register_backbone_resolver(resolve: Callable[[str], Optional[BackboneSpec]]) -> None:
+    """Let `get_backbone` build backbones named by `resolve` (see `_RESOLVERS`): it returns the spec of a
+    name it handles (raising a VidpruneError when that name is wrong), None for any other name."""
+    if resolve not in _RESOLVERS:
+        _RESOLVERS.append(resolve)
 
 
 def register_method(cls: type) -> type:
@@ -300,10 +313,19 @@ def methods() -> dict[str, type]:
 
 
 def get_backbone(name: str) -> BackboneSpec:
+    """A declared backbone, or one a resolver builds from its name (`register_backbone_resolver`)."""
     table = backbones()
-    if name not in table:
-        raise unknown_name("backbone", name, table)
-    return table[name]
+    if name in table:
+        return table[name]
+    if name not in _RESOLVED:
+        for resolve in _RESOLVERS:
+            spec = resolve(name)
+            if spec is not None:
+                _RESOLVED[name] = spec
+                break
+        else:
+            raise unknown_name("backbone", name, table)
+    return _RESOLVED[name]
 
 
 def get_method(name: str) -> type:

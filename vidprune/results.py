@@ -63,6 +63,8 @@ def result_filename(method: str, backbone: str, frames: int, size: int, device: 
     torch_tag = "pt" + re.sub(r"[^0-9a-zA-Z]+", "", torch_version.split("+")[0])
     device_tag = re.sub(r"[^0-9a-zA-Z]+", "", device)
     stamp = re.sub(r"[^0-9]", "", timestamp)[:14]
+    # a backbone built from a hub config is named after its source ('vit(hf:ORG/NAME)'): no '/' in a file name
+    backbone = re.sub(r"[^0-9A-Za-z.+-]+", "-", backbone).strip("-")
     return f"{method}_{backbone}_{frames}x{size}_{device_tag}_{dtype}_{torch_tag}_{stamp}.{fmt}"
 
 

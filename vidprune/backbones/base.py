@@ -40,6 +40,8 @@ class VideoBackbone(nn.Module):
     info: BackboneInfo
     # The vidprune.checkpoints.LoadReport of the weights `models.create_model(checkpoint=...)` loaded.
     checkpoint_report = None
+    # The classifier's class names, by index, when the checkpoint names them (a config.json's id2label).
+    class_names: Optional[list[str]] = None
 
     def __init__(self):
         super().__init__()

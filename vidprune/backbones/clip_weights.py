@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidprune.backbones.clip import ACTIVATIONS, CLIPVideo
 from vidprune.checkpoints import CheckpointLayout, hf_config, register_layout
 from vidprune.errors import VidpruneError
+from vidprune.hub import HubArchitecture, register_hub_architecture, square, transformers_config
 
 _CLIP_POSITIONS = "visual.positional_embedding"
 # The text tower and the contrastive temperature of a full CLIP state dict (OpenAI, open_clip, ActionCLIP's
@@ -82,12 +84,18 @@ _HF_CLIP_RENAMES = [
 
 
 def _is_hf_clip(state: dict) -> bool:
-    return any(re.match(r"^vision_model\.(embeddings\.patch_embedding\.|encoder\.layers\.\d+\.)", k) for k in state)
+    # transformers 5 saves a bare CLIPVisionModel without the vision_model. prefix
+    return any(re.match(r"^(vision_model\.)?(embeddings\.patch_embedding\.|encoder\.layers\.\d+\.self_attn\.)", k)
+               for k in state)
+
+
+_HF_CLIP_TOWER = re.compile(r"^(embeddings\.|encoder\.|pre_lay(?:e?r)norm\.|post_layernorm\.)")
 
 
 def _convert_hf_clip(state: dict) -> tuple[dict, list[str]]:
     notes: list[str] = []
     state = _drop_text_tower(dict(state), _HF_CLIP_TEXT_TOWER, notes)
+    state = {f"vision_model.{k}" if _HF_CLIP_TOWER.match(k) else k: v for k, v in state.items()}
     state.pop("vision_model.embeddings.position_ids", None)  # a buffer of 0..n-1, rebuilt by transformers
     out: dict[str, torch.Tensor] = {}
     attention: dict[int, dict[str, torch.Tensor]] = {}
@@ -107,10 +115,6 @@ def _convert_hf_clip(state: dict) -> tuple[dict, list[str]]:
                 break
         else:
             out[key] = value  # something unexpected, which the loader's check reports
-    if "visual.proj" not in out:
-        raise VidpruneError("the checkpoint has no visual_projection.weight (a bare CLIPVisionModel): vidprune's CLIP "
-                            "backbone ends in CLIP's projection to the joint embedding. Use CLIPModel or "
-                            "CLIPVisionModelWithProjection weights.")
     for layer, parts in sorted(attention.items()):
         for kind in ("weight", "bias"):
             names = [f"{p}.{kind}" for p in "qkv"]
@@ -141,7 +145,29 @@ def resize_clip_pos_table(table: torch.Tensor, side: int) -> torch.Tensor:
     return torch.cat([table[:1], grid])
 
 
+def _identity_projection(state: dict, model: nn.Module, notes: list[str]) -> None:
+    """A bare CLIPVisionModel has no projection: its frame feature is the pooled class token itself, which a
+    model whose embedding is as wide as the tower reproduces with an identity projection."""
+    width, embed = model.info.dim, getattr(model.info, "embed_dim", None)
+    if embed != width:
+        raise VidpruneError("the checkpoint has no visual_projection.weight (a bare CLIPVisionModel), so its frame "
+                            f"feature is {width} wide, but the backbone projects to {embed}: build it from the "
+                            "checkpoint's config.json (leave --backbone out), or use CLIPModel or "
+                            "CLIPVisionModelWithProjection weights.")
+    state["visual.proj"] = torch.eye(width, dtype=model.visual.proj.dtype)
+    notes.append("the checkpoint has no visual projection (CLIPVisionModel): the frame feature is its pooled "
+                 "output, through an identity projection")
+
+
 def _fit_clip(state: dict, model: nn.Module, meta: dict, notes: list[str], *, default_activation: Optional[str]) -> None:
+    if "visual.proj" not in state and hasattr(model, "visual"):
+        _identity_projection(state, model, notes)
+    config = transformers_config(meta)
+    if config is not None and hasattr(model, "visual"):
+        eps = float(hf_config(meta).get("layer_norm_eps", _CLIP_VISION_CONFIG["layer_norm_eps"]))
+        for module in model.visual.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = eps
     table = state.get(_CLIP_POSITIONS)
     ours = getattr(getattr(model, "visual", None), "positional_embedding", None)
     if table is not None and ours is not None and table.dim() == 2 and table.shape != ours.shape \
@@ -175,3 +201,37 @@ register_layout(CheckpointLayout(
     # transformers' CLIPVisionConfig defaults hidden_act to quick_gelu and config.json omits defaults
     fit=lambda state, model, meta, notes: _fit_clip(state, model, meta, notes, default_activation="quick_gelu"),
     geometry_keys=(_CLIP_POSITIONS,)))
+
+
+# ------------------------------------------------------------------------------------------ hub configs
+
+# transformers' CLIPVisionConfig defaults (a config.json may leave out what it does not change)
+_CLIP_VISION_CONFIG = dict(hidden_size=768, intermediate_size=3072, projection_dim=512, num_hidden_layers=12,
+                           num_attention_heads=12, num_channels=3, image_size=224, patch_size=32,
+                           hidden_act="quick_gelu", layer_norm_eps=1e-5)
+
+
+def _clip_arguments(config: dict) -> dict:
+    """CLIPModel (model_type 'clip': the image tower under vision_config, the projection width at the top)
+    or CLIPVisionModel[WithProjection] ('clip_vision_model'); a bare CLIPVisionModel's frame feature is its
+    pooled output, so its embedding is the tower's width."""
+    full = str(config.get("model_type", "")).lower() == "clip"
+    vision = {**_CLIP_VISION_CONFIG, **((config.get("vision_config") or {}) if full else config)}
+    width = int(vision["hidden_size"])
+    if int(vision["intermediate_size"]) != 4 * width:
+        raise VidpruneError(f"not supported: intermediate_size {vision['intermediate_size']} is not 4 x hidden_size "
+                            f"{width} (vidprune's CLIP blocks have an MLP ratio of 4)")
+    if vision["hidden_act"] not in ACTIVATIONS:
+        raise VidpruneError(f"not supported: hidden_act '{vision['hidden_act']}' (vidprune's CLIP tower has "
+                            f"{', '.join(ACTIVATIONS)})")
+    if int(vision["num_channels"]) != 3:
+        raise VidpruneError(f"not supported: {vision['num_channels']} input channels (vidprune's backbones take RGB)")
+    bare = not full and "CLIPVisionModel" in (config.get("architectures") or [])
+    embed = width if bare else int(config.get("projection_dim", vision["projection_dim"]) if full
+                                   else vision["projection_dim"])
+    return dict(width=width, layers=int(vision["num_hidden_layers"]), heads=int(vision["num_attention_heads"]),
+                patch=square(vision["patch_size"], "patch_size"), embed_dim=embed,
+                size=square(vision["image_size"], "image_size"))
+
+
+register_hub_architecture(HubArchitecture("clip", "CLIP", ("clip", "clip_vision_model"), CLIPVideo, _clip_arguments))

@@ -10,6 +10,10 @@ whatever grid the model is created with (exactly what VideoMAE does at another i
 checkpoint carries nothing to resize. A checkpoint with a *learned* table (`pos_embed` that is not the
 sinusoid) has it interpolated to the model's grid (bicubic in space per time slice, then linear in time)
 and written over the model's table.
+
+Hub configs (vidprune.hub): a transformers VideoMAE config.json (model_type 'videomae') and OpenGVLab's
+VideoMAEv2 ones ('VideoMAEv2_*', settings under model_config) give VideoViT's width, depth, heads, MLP
+width, tubelet, patch, frames and size; a transformers VideoMAE loads with its config's layer-norm eps.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidprune.backbones.vit import sinusoid_table
+from vidprune.backbones.vit import VideoViT, sinusoid_table
 from vidprune.checkpoints import CheckpointLayout, hf_config, register_layout
 from vidprune.errors import VidpruneError
+from vidprune.hub import HubArchitecture, mlp_ratio, register_hub_architecture, square, transformers_config
 
 # VideoViT's position table: a non-persistent buffer, so it is loaded apart from the state dict.
 _POSITIONS = "pos_embed"
@@ -55,8 +60,14 @@ def _final_norm(state: dict, name: str, notes: list[str]) -> dict:
     return state
 
 
+def _has_temporal_attention(state: dict) -> bool:
+    """TimeSformer's divided blocks (official or transformers' names): not a joint ViT, whatever else matches."""
+    return any(re.search(r"(^|\.)(temporal_attn|temporal_attention|time_embed|time_embeddings)(\.|$)", k) for k in state)
+
+
 def _is_videomae(state: dict) -> bool:
-    return any(re.match(r"^(encoder\.)?(blocks\.\d+\.attn\.|patch_embed\.proj\.)", k) for k in state)
+    return (any(re.match(r"^(encoder\.)?(blocks\.\d+\.attn\.|patch_embed\.proj\.)", k) for k in state)
+            and not _has_temporal_attention(state))
 
 
 def _convert_videomae(state: dict) -> tuple[dict, list[str]]:
@@ -92,7 +103,8 @@ _HF_RENAMES = [
 
 
 def _is_hf_videomae(state: dict) -> bool:
-    return any(re.match(r"^(videomae\.)?(embeddings\.patch_embeddings\.|encoder\.layer\.\d+\.)", k) for k in state)
+    return (any(re.match(r"^(videomae\.)?(embeddings\.patch_embeddings\.|encoder\.layer\.\d+\.)", k) for k in state)
+            and not _has_temporal_attention(state))
 
 
 def _convert_hf_videomae(state: dict) -> tuple[dict, list[str]]:
@@ -199,11 +211,68 @@ def _load_pos_table(model: nn.Module, outside: dict, meta: dict, notes: list[str
     model.pos_embed.data = resized.to(model.pos_embed.device, model.pos_embed.dtype)
 
 
+def _fit_hf_videomae(state: dict, model: nn.Module, meta: dict, notes: list[str]) -> None:
+    """A transformers VideoMAE normalises with its config's layer_norm_eps inside the blocks (1e-12 by
+    default, where the official code uses 1e-6) and with nn.LayerNorm's default 1e-5 after mean pooling:
+    the model follows, so its logits are transformers'. Only for a config.json transformers wrote."""
+    config = transformers_config(meta)
+    if config is None or not isinstance(model, VideoViT):
+        return
+    eps = float(config.get("layer_norm_eps", _VIDEOMAE_CONFIG["layer_norm_eps"]))
+    for block in model.blocks:
+        block.norm1.eps = block.norm2.eps = eps
+    # with use_mean_pooling=false transformers normalises every token with `layernorm` (loaded into fc_norm)
+    model.fc_norm.eps = 1e-5 if config.get("use_mean_pooling", True) else eps
+
+
 register_layout(CheckpointLayout(
     "videomae", "vit", "VideoMAE / VideoMAEv2 official .pth (also vidprune's own checkpoints)",
     _is_videomae, _convert_videomae, geometry_keys=(_POSITIONS,), outside_keys=(_POSITIONS,),
     load_outside=_load_pos_table))
 register_layout(CheckpointLayout(
     "hf-videomae", "vit", "Hugging Face transformers VideoMAE (safetensors or bin)",
-    _is_hf_videomae, _convert_hf_videomae, geometry_keys=(_POSITIONS,), outside_keys=(_POSITIONS,),
-    load_outside=_load_pos_table))
+    _is_hf_videomae, _convert_hf_videomae, fit=_fit_hf_videomae, geometry_keys=(_POSITIONS,),
+    outside_keys=(_POSITIONS,), load_outside=_load_pos_table))
+
+
+# ------------------------------------------------------------------------------------------ hub configs
+
+# transformers' VideoMAEConfig defaults (a config.json may leave out what it does not change)
+_VIDEOMAE_CONFIG = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                        hidden_act="gelu", image_size=224, patch_size=16, num_channels=3, num_frames=16,
+                        tubelet_size=2, layer_norm_eps=1e-12, use_mean_pooling=True)
+
+
+def _videomae_arguments(config: dict) -> dict:
+    c = {**_VIDEOMAE_CONFIG, **config}
+    if c["hidden_act"] != "gelu":
+        raise VidpruneError(f"not supported: hidden_act '{c['hidden_act']}' (vidprune's ViT blocks use the exact GELU)")
+    if int(c["num_channels"]) != 3:
+        raise VidpruneError(f"not supported: {c['num_channels']} input channels (vidprune's backbones take RGB)")
+    dim = int(c["hidden_size"])
+    return dict(dim=dim, depth=int(c["num_hidden_layers"]), heads=int(c["num_attention_heads"]),
+                mlp_ratio=mlp_ratio(dim, int(c["intermediate_size"])), frames=int(c["num_frames"]),
+                size=square(c["image_size"], "image_size"), tubelet=int(c["tubelet_size"]),
+                patch=square(c["patch_size"], "patch_size"))
+
+
+def _videomae_v2_arguments(config: dict) -> dict:
+    """OpenGVLab's VideoMAEv2 repositories (remote code): the official encoder, its settings under model_config."""
+    c = config.get("model_config")
+    if not isinstance(c, dict):
+        raise VidpruneError("not supported: a VideoMAEv2 config.json without its model_config")
+    if c.get("cos_attn"):
+        raise VidpruneError("not supported: cosine attention (cos_attn), which vidprune's ViT blocks do not compute")
+    if float(c.get("init_values") or 0) > 0:
+        raise VidpruneError("not supported: layer scale (init_values > 0), which vidprune's ViT blocks do not have")
+    if int(c.get("in_chans", 3)) != 3:
+        raise VidpruneError(f"not supported: {c['in_chans']} input channels (vidprune's backbones take RGB)")
+    dim = int(c.get("embed_dim", 768))
+    return dict(dim=dim, depth=int(c.get("depth", 12)), heads=int(c.get("num_heads", 12)),
+                mlp_ratio=mlp_ratio(dim, round(dim * float(c.get("mlp_ratio", 4.0)))), frames=int(c.get("num_frames", 16)),
+                size=square(c.get("img_size", 224), "img_size"), tubelet=int(c.get("tubelet_size", 2)),
+                patch=square(c.get("patch_size", 16), "patch_size"))
+
+
+register_hub_architecture(HubArchitecture("vit", "VideoMAE", ("videomae",), VideoViT, _videomae_arguments))
+register_hub_architecture(HubArchitecture("vit", "VideoMAEv2", ("videomaev2*",), VideoViT, _videomae_v2_arguments))

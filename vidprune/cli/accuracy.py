@@ -37,7 +37,7 @@ def _fmt(value, digits: int = 4) -> str:
 def eval_(
     data: Optional[Path] = DATA_OPTION,
     root: Optional[Path] = ROOT_OPTION,
-    checkpoint: Optional[Path] = CHECKPOINT_OPTION,
+    checkpoint: Optional[str] = CHECKPOINT_OPTION,
     method: str = typer.Option("none", "--method", "-m", help="method to evaluate (see `vidprune list`)"),
     keep: Optional[str] = typer.Option(None, "--keep", "-k", help="knob values: 0.5,0.7,1.0 or 0.5:0.9:0.1"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="method option name=value or grid name=a,b"),

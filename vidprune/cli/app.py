@@ -129,8 +129,8 @@ CHECKPOINT_SIZE_OPTION = typer.Option(None, "--size", help="crop size in pixels 
 # the dataset: eval and sweep --data
 DATA_OPTION = typer.Option(None, "--data", help="list file: 'relative/path.mp4 label' per line")
 ROOT_OPTION = typer.Option(None, "--root", help="video folder (list paths are relative to it; alone: one sub-folder per class)")
-CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="VideoMAE .pth, Hugging Face file/folder, CLIP or "
-                                 "vidprune checkpoint (omitted: random weights)")
+CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="VideoMAE .pth, Hugging Face file/folder, hub model "
+                                 "hf:ORG/NAME[@REVISION], CLIP or vidprune checkpoint (omitted: random weights)")
 SAMPLING_OPTION = typer.Option("uniform", "--sampling", help="uniform (TSN segments) | dense (frames --stride apart)")
 STRIDE_OPTION = typer.Option(4, "--stride", help="frame stride of dense sampling (VideoMAE Kinetics: 4)")
 CLIPS_OPTION = typer.Option(1, "--clips", help="temporal views per video")

@@ -27,8 +27,9 @@ def export(
     size: Optional[int] = CHECKPOINT_SIZE_OPTION,
     classes: Optional[int] = typer.Option(None, "--classes", help="classifier classes (default: the checkpoint's, else 400)"),
     batch: int = typer.Option(1, "--batch", help="fixed batch size of the graph (static shapes)"),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="weights: VideoMAE .pth, Hugging Face "
-                                              "file/folder or vidprune checkpoint (omitted: random weights)"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="weights: VideoMAE .pth, Hugging Face "
+                                             "file/folder, hub model hf:ORG/NAME[@REVISION] or vidprune checkpoint "
+                                             "(omitted: random weights)"),
     trust_checkpoint: bool = TRUST_OPTION,
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 18: TensorRT 8.6+ parses it)"),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (torch.export, default) | torchscript"),

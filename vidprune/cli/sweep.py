@@ -48,7 +48,7 @@ def sweep(
     run_settings: dict = SettingsGroup("run"),
     data: Optional[Path] = DATA_OPTION,
     root: Optional[Path] = ROOT_OPTION,
-    checkpoint: Optional[Path] = CHECKPOINT_OPTION,
+    checkpoint: Optional[str] = CHECKPOINT_OPTION,
     sampling: str = SAMPLING_OPTION,
     stride: int = STRIDE_OPTION,
     clips: int = CLIPS_OPTION,

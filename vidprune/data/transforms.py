@@ -32,6 +32,16 @@ def add_normalization(name: str, mean: Sequence[float], std: Sequence[float]) ->
     NORMALIZATIONS[name] = (tuple(map(float, mean)), tuple(map(float, std)))
 
 
+def statistics_name(mean: Sequence[float], std: Sequence[float], name: str) -> str:
+    """The name of these statistics: a known one equal to them (to 1e-6), else `name`, added for them."""
+    wanted = (tuple(map(float, mean)), tuple(map(float, std)))
+    for known, stats in NORMALIZATIONS.items():
+        if all(abs(a - b) <= 1e-6 for pair in zip(stats, wanted) for a, b in zip(*pair)):
+            return known
+    add_normalization(name, *wanted)
+    return name
+
+
 def normalization_for(family: str) -> str:
     """The statistics backbone family `family` declares (`registry.register_family`)."""
     return registry.get_family(family).normalization
@@ -86,10 +96,10 @@ def crop_positions(height: int, width: int, size: int, num_crops: int) -> list[t
     return positions
 
 
-def normalize(video: torch.Tensor, name: str, channel_dim: int = -4) -> torch.Tensor:
-    """Per-channel (x - mean) / std; channels at dim -4 for (3, T, H, W) or (V, 3, T, H, W), or pass
-    `channel_dim` (1 for (T, 3, H, W) frames)."""
-    mean, std = NORMALIZATIONS[name]
+def normalize(video: torch.Tensor, name, channel_dim: int = -4) -> torch.Tensor:
+    """Per-channel (x - mean) / std with the statistics named `name` (or a (mean, std) pair); channels at
+    dim -4 for (3, T, H, W) or (V, 3, T, H, W), or pass `channel_dim` (1 for (T, 3, H, W) frames)."""
+    mean, std = NORMALIZATIONS[name] if isinstance(name, str) else name
     shape = [1] * video.dim()
     shape[channel_dim] = 3
     mean_t = torch.tensor(mean, dtype=video.dtype, device=video.device).view(shape)
@@ -119,6 +129,9 @@ class ClipTransform:
         if normalization not in NORMALIZATIONS:
             raise VidpruneError(f"unknown normalisation '{normalization}'. Use one of {', '.join(NORMALIZATIONS)}.")
         self.normalization = normalization
+        # the statistics themselves travel with the transform: a DataLoader worker started by spawn imports
+        # this module afresh, without statistics added at run time (a hub model's preprocessor config)
+        self.statistics = NORMALIZATIONS[normalization]
         self.num_crops = 1 if train else int(num_crops)
         self.train = train
         self.flip = flip
@@ -126,7 +139,7 @@ class ClipTransform:
     def __call__(self, frames, rng: Optional[np.random.Generator] = None) -> torch.Tensor:
         # normalising before resizing and cropping is equivalent (both are per-channel affine / convex
         # combinations) and touches each source pixel once instead of once per view
-        video = normalize(to_float_frames(frames), self.normalization, channel_dim=1)
+        video = normalize(to_float_frames(frames), self.statistics, channel_dim=1)
         if self.train:
             rng = rng if rng is not None else np.random.default_rng()
             short = int(rng.integers(self.short_side, round(self.short_side * 1.25) + 1))
